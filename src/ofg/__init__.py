@@ -1,0 +1,1 @@
+"""OFG: on-the-fly guidance training for medical image registration."""

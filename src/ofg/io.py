@@ -1,0 +1,129 @@
+"""File input/output with clear errors and atomic writes.
+
+Every reader names the file and what is wrong with it. Every writer writes to a temporary file
+in the destination folder and renames it into place, so a killed process never leaves a
+half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A data file is missing, unreadable or inconsistent; the message names the file."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    ``suffix`` defaults to the target's full suffix (".nii.gz", ".csv", ...) so that writers that
+    infer the format from the name still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) if suffix is None else suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def require_file(path: str | Path, what: str = "file") -> Path:
+    """Return ``path`` if it is an existing file, else raise DataError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    return path
+
+
+def check_finite(array: np.ndarray, path: str | Path) -> np.ndarray:
+    """Raise DataError naming ``path`` if ``array`` holds NaN or Inf."""
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise DataError(f"{path}: image holds {bad} NaN/Inf voxels")
+    return array
+
+
+def load_nifti(path: str | Path, dtype: type | None = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Load a NIfTI (or Analyze .img/.hdr) file; return (array, 4x4 affine).
+
+    The array is squeezed of trailing singleton axes. ``dtype`` None keeps the stored type.
+    Raises DataError naming the file when it is missing or unreadable.
+    """
+    import nibabel as nib
+
+    path = require_file(path, "image file")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise DataError(f"{path}: cannot read as NIfTI/Analyze ({type(exc).__name__}: {exc})") from exc
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def save_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    """Write ``array`` as a (gzipped, by the name) NIfTI-1 file atomically; return the path.
+
+    Written with a fixed header and no timestamp, so the same array gives byte-identical files.
+    """
+    import gzip
+
+    import nibabel as nib
+
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    img = nib.Nifti1Image(np.asarray(array), affine)
+    img.header.set_xyzt_units("mm")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.name.endswith(".gz"):
+            # gzip headers carry an mtime: pin it to 0 for reproducible bytes.
+            raw = img.to_bytes()
+            with open(tmp, "wb") as fh, gzip.GzipFile(fileobj=fh, mode="wb", mtime=0, filename="") as gz:
+                gz.write(raw)
+        else:
+            nib.save(img, str(tmp))
+    return path
+
+
+def load_pickle(path: str | Path) -> Any:
+    """Unpickle ``path`` (the TransMorph .pkl releases); raise DataError naming a corrupt file.
+
+    Only open pickles from a source you trust: unpickling can run code.
+    """
+    path = require_file(path, "pickle file")
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot unpickle ({type(exc).__name__}: {exc})") from exc
