@@ -10,6 +10,8 @@ import importlib
 from pathlib import Path
 
 from ofg.data.base import SPLITS, Pair, PairList, RegistrationDataset
+from ofg.data.realdata import check_image_size
+from ofg.data.torch_dataset import PairDataset
 
 # name -> "module:function"; modules are imported lazily so that one loader's optional
 # dependency never breaks another.
@@ -32,4 +34,7 @@ def open_dataset(name: str, root: str | Path, **options) -> RegistrationDataset:
     return opener(Path(root), **options)
 
 
-__all__ = ["DATASETS", "SPLITS", "Pair", "PairList", "RegistrationDataset", "open_dataset"]
+__all__ = [
+    "DATASETS", "SPLITS", "Pair", "PairDataset", "PairList", "RegistrationDataset", "check_image_size",
+    "open_dataset",
+]

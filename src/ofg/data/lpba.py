@@ -1,0 +1,343 @@
+"""LPBA40: atlas-based brain registration (moving = subject, fixed = atlas S01), 54 Dice labels.
+
+Two layouts, detected automatically (``layout="auto"``; or force ``"preprocessed"`` / ``"loni"``):
+
+(a) The widely shared preprocessed release (160x192x160, delineation space)::
+
+        fixed.nii.gz                                       the atlas S01 (fixed image)
+        train/S11.delineation.skullstripped.nii.gz ...     S11..S40 (30 subjects)
+        test/S02.delineation.skullstripped.nii.gz ...      S02..S10 (9 subjects)
+        label/S01.delineation.structure.label.nii.gz ...   labels of every subject incl. S01
+
+    The subject ID is the file name up to the first dot; its label is
+    ``label/<ID>.delineation.structure.label.nii.gz``. Spacing comes from the fixed image header.
+
+(b) The original LONI download (``LPBA40/delineation_space/S01/...``; ``root`` may be any of
+    these three folders)::
+
+        S01/S01.delineation.skullstripped.img(.gz) + .hdr        Analyze 7.5
+        S01/S01.delineation.structure.label.img(.gz) + .hdr
+
+    Every volume is resampled to ``resample_mm`` isotropic voxels from its header voxel size
+    (``scipy.ndimage.zoom``: linear for images, nearest for labels), then centre-cropped or
+    zero-padded, symmetrically per axis (an odd excess goes to the end), to ``image_size``
+    (default the paper's 160x192x160; ``None`` keeps the resampled size). Voxel order is the file's;
+    no reorientation. Splits by subject ID as in (a): S01 is the atlas, S02..S10 test, S11..S40 train
+    (whichever of them are present).
+
+Both: images are min-max rescaled to [0, 1] per volume (``normalize=True``; a no-op for volumes
+already spanning [0, 1]). There is no validation set in either layout: val = the test pairs
+(``notes["val"]`` says so) unless a ``val/`` folder exists in the preprocessed layout.
+``augment_flips`` is True, ``bidirectional`` False. ``image_size`` see :mod:`ofg.data.realdata`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ofg.data.base import Pair, PairList
+from ofg.data.labels import LPBA_LABEL_NAMES, LPBA_LABELS
+from ofg.data.realdata import (
+    RealDataset,
+    Size,
+    SizeOption,
+    Volume,
+    check_volume,
+    integral_label,
+    make_pair,
+    nifti_pair_list,
+    nifti_shape,
+    nifti_spacing,
+    require_dir,
+    require_root,
+    resolve_size,
+)
+from ofg.io import DataError, require_file
+
+PAPER_SIZE: Size = (160, 192, 160)
+ATLAS = "S01"
+IMAGE_SUFFIX = ".delineation.skullstripped"
+LABEL_SUFFIX = ".delineation.structure.label"
+
+
+def subject_number(subject: str) -> int:
+    """``"S11"`` -> 11; DataError for a name that is not an LPBA40 subject ID."""
+    if len(subject) == 3 and subject[0] == "S" and subject[1:].isdigit():
+        return int(subject[1:])
+    raise DataError(f"not an LPBA40 subject ID (S01..S40): {subject!r}")
+
+
+# --- (a) preprocessed NIfTI layout -------------------------------------------------------------
+
+
+def _label_file(label_dir: Path, subject: str) -> Path:
+    path = label_dir / f"{subject}{LABEL_SUFFIX}.nii.gz"
+    if path.is_file():
+        return path
+    candidates = sorted(label_dir.glob(f"{subject}.*nii.gz"))
+    if len(candidates) == 1:
+        return candidates[0]
+    raise DataError(f"label file of {subject} not found: {path}")
+
+
+def _split_volumes(directory: Path, label_dir: Path, split: str) -> list[Volume]:
+    files = sorted(require_dir(directory, f"LPBA {split} folder").glob("*.nii.gz"))
+    if not files:
+        raise DataError(f"LPBA {split} folder holds no .nii.gz files: {directory}")
+    volumes = []
+    for file in files:
+        subject = file.name.split(".")[0]
+        volumes.append(Volume(subject, file, _label_file(label_dir, subject)))
+    return volumes
+
+
+def _open_preprocessed(root: Path, image_size: SizeOption, normalize: bool) -> tuple[dict, dict, Size, tuple]:
+    label_dir = require_dir(root / "label", "LPBA label folder")
+    atlas = Volume(
+        ATLAS,
+        require_file(root / "fixed.nii.gz", "LPBA fixed image (atlas S01)"),
+        _label_file(label_dir, ATLAS),
+    )
+    expected = resolve_size(image_size, PAPER_SIZE, lambda: nifti_shape(atlas.image))
+    subjects = {
+        split: _split_volumes(root / split, label_dir, split)
+        for split in ("train", "test", "val")
+        if split != "val" or (root / "val").is_dir()
+    }
+    subjects.setdefault("val", subjects["test"])
+    splits = {
+        s: nifti_pair_list([(v, atlas) for v in vols], expected, minmax=normalize)
+        for s, vols in subjects.items()
+    }
+    notes = {s: f"{len(v)} subjects of {s}/ -> atlas S01 (fixed.nii.gz)" for s, v in subjects.items()}
+    if not (root / "val").is_dir():
+        notes["val"] = "no val/ folder: val = the test pairs"
+    return splits, notes, expected, nifti_spacing(atlas.image)
+
+
+# --- (b) original LONI Analyze layout ----------------------------------------------------------
+
+
+def read_analyze(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Read an Analyze 7.5 volume (``.img`` or gzipped ``.img.gz``, with its ``.hdr``/``.hdr.gz``).
+
+    Returns (array in stored voxel order, squeezed to 3-D; voxel size in mm). nibabel cannot pair a
+    gzipped image with a plain header, which is how the LONI download ships them, so the two files
+    are read separately here.
+    """
+    import nibabel as nib
+
+    path = require_file(path, "LPBA Analyze image")
+    stem = path.name[: -len(".img.gz")] if path.name.endswith(".img.gz") else path.name[: -len(".img")]
+    headers = [path.with_name(stem + ".hdr"), path.with_name(stem + ".hdr.gz")]
+    header_path = next((h for h in headers if h.is_file()), None)
+    if header_path is None:
+        raise DataError(f"{path}: Analyze header not found (expected {headers[0]})")
+    try:
+        header_bytes = header_path.read_bytes()
+        if header_path.name.endswith(".gz"):
+            header_bytes = gzip.decompress(header_bytes)
+        header = nib.AnalyzeHeader.from_fileobj(io.BytesIO(header_bytes))
+        image_bytes = path.read_bytes()
+        if path.name.endswith(".gz"):
+            image_bytes = gzip.decompress(image_bytes)
+        data = np.asarray(header.data_from_fileobj(io.BytesIO(image_bytes)))
+        zooms = tuple(float(z) for z in header.get_zooms()[:3])
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read as Analyze ({type(exc).__name__}: {exc})") from exc
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(f"{path}: expected a 3-D volume, found shape {data.shape}")
+    return data, zooms  # type: ignore[return-value]
+
+
+def crop_or_pad(array: np.ndarray, size: Size) -> np.ndarray:
+    """Centre-crop or zero-pad ``array`` to ``size``, per axis; an odd excess goes to the end."""
+    out = array
+    for axis, target in enumerate(size):
+        excess = out.shape[axis] - target
+        if excess > 0:
+            out = np.take(out, np.arange(excess // 2, excess // 2 + target), axis=axis)
+        elif excess < 0:
+            pad = [(0, 0)] * out.ndim
+            pad[axis] = (-excess // 2, -excess - (-excess // 2))
+            out = np.pad(out, pad)
+    return out
+
+
+def _resampled_size(shape: tuple[int, ...], zooms: tuple[float, ...], resample_mm: float) -> Size:
+    return tuple(int(round(n * z / resample_mm)) for n, z in zip(shape, zooms))  # type: ignore[return-value]
+
+
+def _resample(array: np.ndarray, zooms: tuple[float, ...], resample_mm: float, order: int) -> np.ndarray:
+    from scipy.ndimage import zoom
+
+    target = _resampled_size(array.shape, zooms, resample_mm)
+    if target == tuple(array.shape):
+        return array
+    factors = [t / n for t, n in zip(target, array.shape)]
+    # grid_mode=True scales voxel extents (not centre spacing), so the field of view is kept.
+    return zoom(array, factors, order=order, mode="nearest", grid_mode=True)
+
+
+def read_loni_subject(
+    volume: Volume, size: Size | None, resample_mm: float, normalize: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read, resample, crop/pad and check one LONI subject; return (float32 image, int16 label)."""
+    image, zooms = read_analyze(volume.image)
+    label, label_zooms = read_analyze(volume.label)
+    if label.shape != image.shape:
+        raise DataError(
+            f"{volume.label}: label grid {label.shape} differs from the image grid {image.shape} of {volume.image}"
+        )
+    label = integral_label(label, volume.label)
+    image = _resample(np.asarray(image, dtype=np.float32), zooms, resample_mm, order=1)
+    label = _resample(label, label_zooms, resample_mm, order=0)
+    if size is not None:
+        image, label = crop_or_pad(image, size), crop_or_pad(label, size)
+    image, label = check_volume(image, label, volume.image, volume.label, size)
+    if normalize:
+        low, high = float(image.min()), float(image.max())
+        image = (image - low) / (high - low) if high > low else np.zeros_like(image)
+    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label)
+
+
+@lru_cache(maxsize=2)
+def _read_loni_cached(volume: Volume, stamp: tuple, size: Size | None, resample_mm: float, normalize: bool):
+    # The atlas is in every pair: read and resample it once per process.
+    image, label = read_loni_subject(volume, size, resample_mm, normalize)
+    image.flags.writeable = False
+    label.flags.writeable = False
+    return image, label
+
+
+@dataclass(frozen=True)
+class _LoniToAtlas:
+    """Picklable loader: pair i = (subjects[i] -> atlas)."""
+
+    subjects: tuple[Volume, ...]
+    atlas: Volume
+    size: Size | None
+    resample_mm: float
+    normalize: bool
+
+    def __call__(self, index: int) -> Pair:
+        stamp = tuple(p.stat().st_mtime_ns for p in (self.atlas.image, self.atlas.label))
+        image, label = _read_loni_cached(self.atlas, stamp, self.size, self.resample_mm, self.normalize)
+        moving = read_loni_subject(self.subjects[index], self.size, self.resample_mm, self.normalize)
+        return make_pair(moving, (image.copy(), label.copy()))
+
+
+def _loni_folder(root: Path) -> Path | None:
+    for candidate in (root, root / "delineation_space", root / "LPBA40" / "delineation_space"):
+        if (candidate / ATLAS).is_dir():
+            return candidate
+    return None
+
+
+def _loni_file(folder: Path, subject: str, suffix: str) -> Path:
+    for ext in (".img", ".img.gz"):
+        path = folder / subject / f"{subject}{suffix}{ext}"
+        if path.is_file():
+            return path
+    raise DataError(f"LPBA LONI file not found: {folder / subject / f'{subject}{suffix}.img(.gz)'}")
+
+
+def _open_loni(
+    folder: Path, image_size: SizeOption, resample_mm: float, normalize: bool
+) -> tuple[dict, dict, Size]:
+    subjects = sorted(
+        p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("S") and p.name[1:].isdigit()
+    )
+    volumes = {
+        s: Volume(s, _loni_file(folder, s, IMAGE_SUFFIX), _loni_file(folder, s, LABEL_SUFFIX))
+        for s in subjects
+    }
+    atlas = volumes[ATLAS]
+
+    def atlas_size() -> Size:
+        data, zooms = read_analyze(atlas.image)
+        return _resampled_size(data.shape, zooms, resample_mm)
+
+    size = resolve_size(image_size, PAPER_SIZE, atlas_size)
+    groups = {
+        "train": [v for s, v in volumes.items() if subject_number(s) >= 11],
+        "test": [v for s, v in volumes.items() if 2 <= subject_number(s) <= 10],
+    }
+    for split, group in groups.items():
+        if not group:
+            raise DataError(
+                f"{folder}: no LPBA {split} subjects ({'S11..S40' if split == 'train' else 'S02..S10'}) found"
+            )
+    splits = {}
+    for split, group in groups.items():
+        keys = tuple((v.key, ATLAS) for v in group)
+        splits[split] = PairList(
+            keys=keys, load=_LoniToAtlas(tuple(group), atlas, size, resample_mm, normalize)
+        )
+    splits["val"] = splits["test"]
+    notes = {
+        "train": f"{len(groups['train'])} subjects S11..S40 -> atlas S01, resampled to {resample_mm} mm and "
+        f"centre-cropped/padded to {size}",
+        "test": f"{len(groups['test'])} subjects S02..S10 -> atlas S01",
+        "val": "no validation set in LPBA40: val = the test pairs",
+    }
+    return splits, notes, size
+
+
+def detect_layout(root: Path) -> str:
+    """``"preprocessed"`` if ``fixed.nii.gz`` exists, ``"loni"`` if an ``S01/`` folder does."""
+    if (root / "fixed.nii.gz").is_file():
+        return "preprocessed"
+    if _loni_folder(root) is not None:
+        return "loni"
+    raise DataError(
+        f"{root}: neither fixed.nii.gz (preprocessed layout) nor S01/ (LONI delineation-space layout) found"
+    )
+
+
+def open_lpba(
+    root: Path,
+    layout: str = "auto",
+    image_size: SizeOption = "paper",
+    normalize: bool = True,
+    resample_mm: float = 1.0,
+) -> RealDataset:
+    """Open LPBA40 under ``root`` (see the module docstring for layouts and options).
+
+    ``resample_mm`` applies to the LONI layout only.
+    """
+    if not resample_mm > 0:
+        raise ValueError(f"resample_mm must be positive; got {resample_mm!r}")
+    root = require_root(root, "LPBA40")
+    found = detect_layout(root) if layout == "auto" else layout
+    if found == "preprocessed":
+        splits, notes, size, spacing = _open_preprocessed(root, image_size, normalize)
+    elif found == "loni":
+        folder = _loni_folder(root)
+        if folder is None:
+            raise DataError(f"{root}: no LONI S01/ folder found")
+        splits, notes, size = _open_loni(folder, image_size, resample_mm, normalize)
+        spacing = (float(resample_mm),) * 3
+    else:
+        raise ValueError(f"unknown LPBA layout {layout!r}; expected 'auto', 'preprocessed' or 'loni'")
+    return RealDataset(
+        name="lpba",
+        root=root,
+        layout=found,
+        labels=list(LPBA_LABELS),
+        label_names={k: LPBA_LABEL_NAMES[k] for k in LPBA_LABELS},
+        image_size=size,
+        splits=splits,
+        spacing=spacing,  # type: ignore[arg-type]
+        bidirectional=False,
+        augment_flips=True,
+        notes=notes,
+    )
