@@ -1,0 +1,7 @@
+"""Benchmarks: ``python -m ofg.bench`` times the package against naive formulations.
+
+Each section is a module of this package exposing ``run(args) -> None`` that prints its own
+table: ``core`` (losses and the OFG refinement), and, when present, ``models`` and ``train``.
+"""
+
+SECTIONS = ("core", "models", "train")

@@ -1,0 +1,74 @@
+"""Command line of the benchmarks: ``python -m ofg.bench [--only core,models,train] [--sizes 64,128]``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import torch
+
+from ofg.bench import SECTIONS
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+    if not values or any(v < 2 for v in values):
+        raise argparse.ArgumentTypeError(f"expected sizes >= 2, got {text!r}")
+    return values
+
+
+def _sections(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {unknown or text!r}; choose from {SECTIONS}")
+    return names
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ofg.bench", description=__doc__)
+    parser.add_argument("--only", type=_sections, default=list(SECTIONS),
+                        help=f"comma-separated sections to run, from {','.join(SECTIONS)} (default: all present)")
+    parser.add_argument("--sizes", type=_int_list, default=[64, 128], help="cubic volume sizes (default 64,128)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: cuda when available, else cpu")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up (median reported)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice); 1 is steadier on a busy machine")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda requested but CUDA is not available")
+    args.device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                               else "cpu" if args.device == "auto" else args.device)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(f"ofg.bench on {args.device} (torch {torch.__version__}, {torch.get_num_threads()} CPU threads), "
+          f"sizes {args.sizes}, median of {args.repeats} after a warm-up")
+    for name in args.only:
+        try:
+            module = importlib.import_module(f"ofg.bench.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"ofg.bench.{name}":
+                raise
+            print(f"\n[{name}] section not present in this installation; skipped")
+            continue
+        print(f"\n[{name}]")
+        module.run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ofg.bench.core import naive_diffusion_l2, naive_ncc_loss, naive_refine, naive_warp
+from ofg.guidance import OFGLoss, poly_lr, refine
+
+
+def _pair(gen, batch=1, shape=(12, 12, 12), dtype=torch.float64):
+    """A textured fixed image, the moving image = fixed shifted by one voxel, and a small field."""
+    base = torch.rand((batch, 1, *[n + 2 for n in shape]), generator=gen, dtype=dtype)
+    smooth = F.avg_pool3d(base, 3, stride=1) if len(shape) == 3 else F.avg_pool2d(base, 3, stride=1)
+    fixed = smooth
+    moving = torch.roll(smooth, shifts=1, dims=2)
+    disp = 0.3 * torch.randn((batch, len(shape), *shape), generator=gen, dtype=dtype)
+    return moving, fixed, disp
+
+
+def test_refine_equals_reference_loop_in_float64(gen):
+    moving, fixed, disp = _pair(gen)
+    ours, energies = refine(moving, fixed, disp, steps=6, lr=0.1, reg_weight=1.0)
+    expected = naive_refine(moving, fixed, disp, steps=6, lr=0.1, reg_weight=1.0)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-9)
+    assert (ours - disp).abs().max() > 0.05  # the optimiser moved the field
+    first = naive_ncc_loss(fixed, naive_warp(moving, disp)) + naive_diffusion_l2(disp)
+    last = naive_ncc_loss(fixed, naive_warp(moving, expected)) + naive_diffusion_l2(expected)
+    assert len(energies) == 7
+    assert energies[0] == pytest.approx(first.item(), rel=1e-10)
+    assert energies[-1] == pytest.approx(last.item(), rel=1e-10)
+    assert energies[-1] < energies[0]
+
+
+def test_refine_reg_weight_and_window_reach_the_energy(gen):
+    moving, fixed, disp = _pair(gen)
+    for reg_weight, window in ((0.0, 9), (2.5, 5)):
+        ours, _ = refine(moving, fixed, disp, steps=3, lr=0.05, reg_weight=reg_weight, window=window)
+        expected = naive_refine(moving, fixed, disp, steps=3, lr=0.05, reg_weight=reg_weight, window=window)
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-9)
+
+
+def test_each_sample_of_a_batch_is_refined_as_if_alone(gen):
+    moving, fixed, disp = _pair(gen, batch=2)
+    moving[1] = moving[1] * 2.0  # different contrast: different gradient scales per sample
+    batched, energies = refine(moving, fixed, disp, steps=5)
+    alone = [refine(moving[b:b + 1], fixed[b:b + 1], disp[b:b + 1], steps=5) for b in range(2)]
+    for b in range(2):
+        torch.testing.assert_close(batched[b:b + 1], alone[b][0], rtol=0, atol=1e-12)
+    solo_mean = [(alone[0][1][k] + alone[1][1][k]) / 2 for k in range(6)]
+    assert energies == pytest.approx(solo_mean, rel=1e-10)
+
+
+def test_refine_in_2d(gen):
+    moving, fixed, disp = _pair(gen, shape=(16, 14))
+    out, energies = refine(moving, fixed, disp, steps=4)
+    assert out.shape == disp.shape and len(energies) == 5 and energies[-1] < energies[0]
+
+
+def test_refine_is_detached_and_leaves_inputs_alone(gen):
+    moving, fixed, disp = _pair(gen, dtype=torch.float32)
+    prediction = disp.clone().requires_grad_(True)
+    snapshot = [t.detach().clone() for t in (moving, fixed, prediction)]
+    with torch.no_grad():
+        out, energies = refine(moving, fixed, prediction, steps=3)
+    assert not out.requires_grad and out.grad_fn is None
+    assert out.dtype == torch.float32 and out.shape == disp.shape
+    assert all(isinstance(e, float) for e in energies)
+    assert prediction.grad is None and not moving.requires_grad and not fixed.requires_grad
+    for before, after in zip(snapshot, (moving, fixed, prediction)):
+        assert torch.equal(before, after.detach())
+    again, _ = refine(moving, fixed, prediction, steps=3)  # fresh optimiser: same result
+    assert torch.equal(out, again)
+    assert torch.is_grad_enabled()
+
+
+def test_refine_zero_steps_and_zero_lr(gen):
+    moving, fixed, disp = _pair(gen)
+    out, energies = refine(moving, fixed, disp, steps=0)
+    assert torch.equal(out, disp) and out.data_ptr() != disp.data_ptr() and len(energies) == 1
+    still, _ = refine(moving, fixed, disp, steps=3, lr=0.0)
+    assert torch.equal(still, disp)
+
+
+def test_refine_bad_inputs():
+    image, disp = torch.rand(1, 1, 6, 6, 6), torch.zeros(1, 3, 6, 6, 6)
+    with pytest.raises(ValueError, match="moving: expected one channel"):
+        refine(torch.rand(1, 2, 6, 6, 6), image, disp)
+    with pytest.raises(ValueError, match="moving has shape .* but fixed has shape"):
+        refine(image, torch.rand(1, 1, 6, 6, 5), disp)
+    with pytest.raises(ValueError, match="disp: expected 3 channels"):
+        refine(image, image, torch.zeros(1, 2, 6, 6, 6))
+    with pytest.raises(ValueError, match="disp: expected shape"):
+        refine(image, image, torch.zeros(2, 3, 6, 6, 6))
+    with pytest.raises(ValueError, match="disp: expected shape"):
+        refine(image, image, torch.zeros(1, 3, 6, 6, 7))
+    with pytest.raises(ValueError, match="disp is 2-D"):
+        refine(image, image, torch.zeros(1, 2, 6, 6))
+    with pytest.raises(ValueError, match="fixed: expected a floating-point tensor"):
+        refine(image, image.long(), disp)
+    with pytest.raises(ValueError, match="steps must be a non-negative integer"):
+        refine(image, image, disp, steps=-1)
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        refine(image, image, disp, lr=-0.1)
+    with pytest.raises(ValueError, match="window must be a positive odd integer"):
+        refine(image, image, disp, window=8)
+
+
+def test_ofg_loss_is_mse_to_the_refined_field(gen):
+    moving, fixed, disp = _pair(gen, dtype=torch.float32)
+    moving.requires_grad_(True)
+    prediction = disp.clone().requires_grad_(True)
+    criterion = OFGLoss(steps=3, lr=0.05)
+    loss = criterion(moving, fixed, prediction)
+    target, energies = refine(moving.detach(), fixed, disp, steps=3, lr=0.05)
+    torch.testing.assert_close(loss, ((disp - target) ** 2).mean())
+    loss.backward()
+    torch.testing.assert_close(prediction.grad, 2 * (disp - target) / disp.numel())
+    assert moving.grad is None
+    assert criterion.last_energies == energies and criterion.last_refine_seconds > 0
+    criterion.lr = 0.0  # per-epoch schedule: with lr 0 the target is the prediction itself
+    assert criterion(moving, fixed, prediction).item() == 0.0
+    assert "steps=3" in repr(criterion)
+
+
+def test_poly_lr():
+    assert poly_lr(0.1, 0, 500) == 0.1
+    assert poly_lr(0.1, 500, 500) == 0.0
+    assert poly_lr(0.1, 250, 500) == round(0.1 * 0.5 ** 0.9, 8)
+    assert poly_lr(0.1, 250, 500, power=1.0) == 0.05
+    value = poly_lr(1e-4, 1, 500)
+    assert value == round(value, 8) and value != 1e-4 * (1 - 1 / 500) ** 0.9
+    with pytest.raises(ValueError, match="max_epoch must be positive"):
+        poly_lr(0.1, 0, 0)
+    with pytest.raises(ValueError, match="epoch must lie in"):
+        poly_lr(0.1, 501, 500)
