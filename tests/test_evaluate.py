@@ -1,0 +1,133 @@
+"""Tests of ofg.evaluate: an oracle network that returns the true field scores perfectly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import ndimage
+
+import synthetic
+from ofg.checkpoint import save_checkpoint
+from ofg.config import RunConfig
+from ofg.evaluate import evaluate, evaluate_checkpoint, load_checkpoint, main, validation_scores
+from ofg.models import build_model
+from ofg.spatial import warp
+
+
+class Oracle(torch.nn.Module):
+    """Returns the dataset's ground-truth field of whichever pair it is given (or ``scale`` times it)."""
+
+    def __init__(self, dataset, split: str, scale: float = 1.0) -> None:
+        super().__init__()
+        pairs = dataset.pairs(split)
+        self.movings = [torch.from_numpy(pairs[i].moving) for i in range(len(pairs))]
+        self.fields = [scale * torch.from_numpy(dataset.ground_truth(split, i)) for i in range(len(pairs))]
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        index = next(i for i, m in enumerate(self.movings) if torch.equal(m, x[0, 0]))
+        disp = self.fields[index][None].to(x.device)
+        return warp(x[:, :1], disp), disp
+
+
+@pytest.fixture
+def data():
+    return synthetic.SyntheticDataset(size=(16, 16, 16), n_test=2, amplitude=2.5)
+
+
+def test_oracle_scores_zero_error_and_no_folding(data):
+    table = evaluate(Oracle(data, "test"), data, "test", label_mode="nearest", hd95=True, progress=False)
+    assert len(table) == 2
+    assert list(table["moving"]) == ["test00_moving", "test01_moving"]
+    assert np.allclose(table["endpoint_error"], 0.0)
+    assert (table["folding_percent"] == 0).all()
+    # The fixed labels were made by scipy's nearest-neighbour warp with this very field.
+    assert (table["dice_mean"] > 0.99).all()
+    assert (table["hd95"] < 1.0).all() and (table["hd95_mm"] < 1.0).all()
+    assert {f"dice_{label}" for label in data.labels} <= set(table)
+    assert (table["label_mode"] == "nearest").all()
+    assert (table["inference_seconds"] >= 0).all()
+
+
+def test_identity_scores_agree_with_a_scipy_reference(data):
+    """A zero field: Dice equals scipy-free counting on the raw labels; EPE is the mean |u_true|."""
+
+    class Zero(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :1], torch.zeros(x.shape[0], 3, *x.shape[2:], dtype=x.dtype)
+
+    table = evaluate(Zero(), data, "test", progress=False)
+    for i, row in table.iterrows():
+        pair = data.pairs("test")[i]
+        for label in data.labels:
+            a, b = pair.moving_label == label, pair.fixed_label == label
+            assert row[f"dice_{label}"] == pytest.approx(2 * (a & b).sum() / (a.sum() + b.sum()))
+        truth = data.ground_truth("test", i).astype(np.float64)
+        assert row["endpoint_error"] == pytest.approx(np.sqrt((truth ** 2).sum(0)).mean())
+        assert row["folding_percent"] == 0 and row["sdlogj_plain"] == pytest.approx(0.0, abs=1e-12)
+        assert row["sdlogj_l2r"] >= 0  # zero padding makes the Learn2Reg border non-constant
+
+
+def test_folding_is_detected(data):
+    """A field that squeezes a slab far enough folds it; the folded share matches np.gradient directly."""
+    oracle = Oracle(data, "test", scale=4.0)
+    table = evaluate(oracle, data, "test", progress=False)
+    for i, row in table.iterrows():
+        field = 4.0 * data.ground_truth("test", i).astype(np.float64)
+        grads = [np.gradient(field[c]) for c in range(3)]
+        jac = np.stack([np.stack([grads[c][d] + (c == d) for d in range(3)], -1) for c in range(3)], -2)
+        expected = 100.0 * (np.linalg.det(jac) <= 0).mean()
+        assert row["folding_percent"] == pytest.approx(expected)
+    assert (table["folding_percent"] > 0).any()
+
+
+def test_refinement_columns_and_improvement(data):
+    class Zero(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :1], torch.zeros(x.shape[0], 3, *x.shape[2:], dtype=x.dtype)
+
+    table = evaluate(Zero(), data, "test", refine_steps=20, refine_lr=0.1, progress=False)
+    assert {"refined_dice_mean", "refined_endpoint_error", "refined_folding_percent", "refine_seconds"} <= set(table)
+    assert (table["refined_endpoint_error"] < table["endpoint_error"]).all()
+
+
+def test_bad_arguments(data):
+    model = Oracle(data, "test")
+    with pytest.raises(ValueError, match="label_mode"):
+        evaluate(model, data, label_mode="linear", progress=False)
+    with pytest.raises(ValueError, match="split"):
+        evaluate(model, data, split="dev", progress=False)
+    with pytest.raises(ValueError, match="refine_steps"):
+        evaluate(model, data, refine_steps=-1, progress=False)
+
+
+def test_validation_scores_match_evaluate(data):
+    oracle = Oracle(data, "test", scale=0.5)
+    table = evaluate(oracle, data, "test", progress=False)
+    dice, folding = validation_scores(oracle, data, "test")
+    assert dice == pytest.approx(table["dice_mean"].mean()) and folding == pytest.approx(table["folding_percent"].mean())
+    first, _ = validation_scores(oracle, data, "test", max_pairs=1)
+    assert first == pytest.approx(table["dice_mean"].iloc[0])
+
+
+def test_checkpoint_evaluation_and_cli(tmp_path, monkeypatch):
+    synthetic.register(monkeypatch)
+    config = RunConfig.from_dict({"dataset": {"name": "synthetic", "root": "unused",
+                                              "options": {"size": [16, 16, 16], "n_test": 2}},
+                                  "model": {"name": "voxelmorph", "size": "small"}, "method": "unsupervised"})
+    model = build_model("voxelmorph", (16, 16, 16), size="small")
+    save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "epoch": 1, "config": config.to_dict(),
+                                           "image_size": [16, 16, 16]})
+    loaded, loaded_config = load_checkpoint(tmp_path / "best.pt")
+    assert loaded_config == config and not loaded.training
+    table = evaluate_checkpoint(tmp_path / "best.pt", "test", tmp_path / "m.csv", progress=False)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "m.csv"), table, check_dtype=False)
+    assert (table["method"] == "unsupervised").all() and len(table) == 2
+    assert main([str(tmp_path / "best.pt"), "--out", str(tmp_path / "cli.csv"), "--label-mode", "nearest",
+                 "--no-progress", "--device", "cpu"]) == 0
+    cli = pd.read_csv(tmp_path / "cli.csv")
+    assert (cli["label_mode"] == "nearest").all() and len(cli) == 2
+    assert main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.csv"), "--no-progress"]) == 1
+    assert not (tmp_path / "x.csv").exists()
