@@ -132,3 +132,18 @@ def test_poly_lr():
         poly_lr(0.1, 0, 0)
     with pytest.raises(ValueError, match="epoch must lie in"):
         poly_lr(0.1, 501, 500)
+
+
+def test_callback_sees_every_iterate_of_one_refinement(gen):
+    moving, fixed, disp = _pair(gen)
+    seen = []
+    final, energies = refine(moving, fixed, disp, steps=4, lr=0.1,
+                             callback=lambda k, phi, e: seen.append((k, phi.clone(), e)))
+    assert [k for k, _, _ in seen] == [0, 1, 2, 3, 4]
+    assert [e for _, _, e in seen] == energies
+    assert torch.equal(seen[0][1], disp)
+    assert torch.equal(seen[-1][1], final)
+    for k in (1, 3):
+        # a fresh refinement of k steps is the k-th iterate: Adam restarts from zero moments
+        alone, _ = refine(moving, fixed, disp, steps=k, lr=0.1)
+        torch.testing.assert_close(seen[k][1], alone, rtol=0, atol=1e-12)

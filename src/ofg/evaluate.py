@@ -73,7 +73,8 @@ def field_metrics(disp: torch.Tensor, moving_label: np.ndarray, fixed_label: np.
     ``full=False`` computes only Dice and folding (the per-epoch validation).
     """
     field = disp.detach().reshape(disp.shape[-4:]).cpu().double().numpy()
-    warped = metrics.warp_labels(moving_label, field, labels, mode=label_mode)
+    # All classes are warped (TransMorph's one-hot convention); Dice is then taken over ``labels``.
+    warped = metrics.warp_labels(moving_label, field, None, mode=label_mode)
     per_label = np.asarray(metrics.dice(warped, fixed_label, labels), dtype=np.float64)
     row: dict[str, float] = {"dice_mean": float(np.nanmean(per_label)) if np.isfinite(per_label).any()
                              else float("nan")}

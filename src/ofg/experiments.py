@@ -70,10 +70,9 @@ def refinement_curve(dataset: Any, model_name: str, model_size: str = "small", *
     φ₀ once, and the row of step k holds the mean Dice (over the dataset's labels, label warping
     ``label_mode``) and the energy NCC + reg_weight·Grad of the field after k Adam steps.
 
-    Because :func:`ofg.guidance.refine` has no per-step hook, the field after k steps is
-    ``refine(φ₀, steps=k)`` for every k: O(steps²) optimiser steps, but exactly the k-th iterate
-    of one refinement (each call restarts Adam from zero moments, as one refinement does, and is
-    deterministic). Returns a DataFrame with columns ``COLUMNS``.
+    One refinement of ``steps`` steps runs per pair; its per-step callback scores each iterate.
+    Labels are warped with all their classes (one-hot, or nearest) and Dice is taken over the
+    dataset's labels. Returns a DataFrame with columns ``COLUMNS``.
     """
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
@@ -102,13 +101,14 @@ def refinement_curve(dataset: Any, model_name: str, model_size: str = "small", *
         moving, fixed = moving.to(device), fixed.to(device)
         with torch.no_grad():
             _, disp0 = model(x.to(device))
-        for k in range(steps + 1):
-            disp, energies = refine(moving, fixed, disp0.float(), steps=k, lr=lr, reg_weight=reg_weight,
-                                    window=window)
+        def record(k: int, disp: torch.Tensor, energy: float, index: int = index) -> None:
             field = disp[0].cpu().double().numpy()
-            warped = metrics.warp_labels(pair.moving_label, field, labels, mode=label_mode)
+            warped = metrics.warp_labels(pair.moving_label, field, None, mode=label_mode)
             scores = metrics.dice(warped, pair.fixed_label, labels)
             rows.append({"start": start, "pair": index, "step": k,
                          "dice": float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan"),
-                         "energy": energies[-1]})
+                         "energy": energy})
+
+        refine(moving, fixed, disp0.float(), steps=steps, lr=lr, reg_weight=reg_weight, window=window,
+               callback=record)
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -9,6 +9,7 @@ optimiser state for every call; the model loss is MSE(φ_pred, φ_opt).
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,8 @@ def _per_sample_energy(moving: torch.Tensor, fixed: torch.Tensor, phi: torch.Ten
 
 
 def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps: int = 10, lr: float = 0.1,
-           reg_weight: float = 1.0, window: int = 9) -> tuple[torch.Tensor, list[float]]:
+           reg_weight: float = 1.0, window: int = 9,
+           callback: Callable[[int, torch.Tensor, float], None] | None = None) -> tuple[torch.Tensor, list[float]]:
     """Refine ``disp`` (B,3,D,H,W) in voxels by ``steps`` Adam(amsgrad) steps on the OFG energy.
 
     ``moving`` and ``fixed`` are (B,1,D,H,W) (2-D: (B,1,H,W) with (B,2,H,W) fields). Each step
@@ -60,6 +62,10 @@ def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps:
     Returns ``(φ_opt, energies)``: φ_opt detached, same shape/dtype/device as ``disp``;
     ``energies`` has ``steps + 1`` python floats, the batch-mean energy before each step and
     after the last. Works under ``torch.no_grad()``; no gradient reaches the inputs.
+
+    ``callback(k, φ_k, E_k)``, if given, is called for k = 0..steps with the detached field after
+    k steps and its batch-mean energy, so one refinement can be monitored step by step (the
+    Adam state persists across steps, so re-running with fewer steps is not the same thing).
     """
     _check_inputs(moving, fixed, disp)
     if not isinstance(steps, int) or steps < 0:
@@ -76,16 +82,20 @@ def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps:
     with torch.enable_grad():
         phi.requires_grad_(True)
         optimiser = torch.optim.Adam([phi], lr=lr, amsgrad=True, weight_decay=0)
-        for _ in range(steps):
+        for step in range(steps):
             optimiser.zero_grad(set_to_none=True)
             energy = _per_sample_energy(moving, fixed, phi, fixed_sums, reg_weight, window)
             energies.append(energy.detach().mean().item())
+            if callback is not None:
+                callback(step, phi.detach(), energies[-1])
             energy.sum().backward()
             optimiser.step()
     phi = phi.detach()
     with torch.no_grad():
         final = _per_sample_energy(moving, fixed, phi, fixed_sums, reg_weight, window)
     energies.append(final.mean().item())
+    if callback is not None:
+        callback(steps, phi, energies[-1])
     return phi, energies
 
 
