@@ -1,0 +1,36 @@
+# The OFG workflow: prepare data -> train -> evaluate -> experiments -> tables, figures and report.
+#   snakemake --cores 4                                   (default config: embedded data, CPU-sized)
+#   snakemake --cores 2 --configfile config/tiny.yaml     (CI end to end)
+#   snakemake --profile profiles/slurm --configfile config/paper.yaml
+# Every rule runs one papermill notebook of notebooks/; the executed notebook is the rule's log.
+import os
+
+from snakemake.utils import min_version, validate
+
+min_version("8.10")
+
+
+# A --configfile on the command line replaces the default config instead of being merged into it
+# (merging would keep the default's datasets); --config KEY=VALUE still overrides single keys.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/experiments.smk"
+include: "workflow/rules/report.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    input:
+        REPORT_OUTPUTS,
+    default_target: True

@@ -1,0 +1,180 @@
+"""ofg.report: statistics against independent references, and every table/figure from a synthetic results tree."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ofg import report
+
+LABELS = (2, 3, 4)
+PAIRS = [("atlas", f"s{i}") for i in range(6)]
+
+
+def exact_wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided exact signed-rank p by enumerating all 2^n sign flips (no ties, no zeros)."""
+    diff = np.asarray(a, float) - np.asarray(b, float)
+    ranks = pd.Series(np.abs(diff)).rank().to_numpy()
+    observed = ranks[diff > 0].sum()
+    total = ranks.sum()
+    stats = [sum(r for r, s in zip(ranks, signs) if s) for signs in itertools.product((0, 1), repeat=len(diff))]
+    mean = total / 2
+    extreme = sum(1 for t in stats if abs(t - mean) >= abs(observed - mean) - 1e-12)
+    return extreme / len(stats)
+
+
+def metrics_frame(rng: np.random.Generator, offset: float, order: np.ndarray | None = None) -> pd.DataFrame:
+    rows = []
+    for index, (moving, fixed) in enumerate(PAIRS):
+        dice = np.clip(0.6 + offset + 0.05 * rng.standard_normal(len(LABELS)), 0, 1)
+        rows.append({"checkpoint": f"ckpt-{offset}", "split": "test", "pair_index": index, "moving": moving,
+                     "fixed": fixed, "label_mode": "onehot", "dice_mean": dice.mean(),
+                     **{f"dice_{label}": d for label, d in zip(LABELS, dice)},
+                     "folding_percent": rng.uniform(0, 1), "sdlogj_l2r": rng.uniform(0, 0.1),
+                     "sdlogj_plain": rng.uniform(0, 0.1), "hd95": rng.uniform(1, 3), "hd95_mm": rng.uniform(3, 9),
+                     "endpoint_error": rng.uniform(0, 2), "inference_seconds": rng.uniform(0.1, 0.2)})
+    frame = pd.DataFrame(rows)
+    return frame.iloc[order].reset_index(drop=True) if order is not None else frame
+
+
+def test_mean_std_matches_float64_reference_and_skips_nan():
+    values = [0.5, 0.7, np.nan, 0.9]
+    mean, std, n = report.mean_std(values)
+    assert n == 3
+    assert mean == pytest.approx(0.7)
+    assert std == pytest.approx(math.sqrt(((0.2) ** 2 + 0 + 0.2 ** 2) / 2))
+    assert math.isnan(report.mean_std([0.3])[1])
+    assert math.isnan(report.mean_std([])[0])
+
+
+def test_paired_wilcoxon_matches_exact_enumeration_and_pairs_by_keys():
+    rng = np.random.default_rng(0)
+    a = metrics_frame(rng, 0.05)
+    b = metrics_frame(rng, 0.0)
+    expected = exact_wilcoxon_p(a.dice_mean.to_numpy(), b.dice_mean.to_numpy())
+    shuffled = b.iloc[[3, 0, 5, 1, 4, 2]].reset_index(drop=True)  # pairs are matched on keys, not rows
+    p, n = report.paired_wilcoxon(a, shuffled)
+    assert n == len(PAIRS)
+    assert p == pytest.approx(expected, rel=1e-9)
+    # identical runs: every difference is zero, the test is undefined
+    assert math.isnan(report.paired_wilcoxon(a, a)[0])
+
+
+def test_pair_keys_ignore_checkpoint_and_metric_columns():
+    frame = metrics_frame(np.random.default_rng(1), 0.0)
+    assert report.pair_key_columns(frame) == ["split", "pair_index", "moving", "fixed"]
+    assert report.structure_columns(frame) == [f"dice_{label}" for label in LABELS]
+
+
+def test_summarize_run_spreads_over_pairs_and_over_structures_times_pairs():
+    frame = metrics_frame(np.random.default_rng(2), 0.0)
+    summary = report.summarize_run(frame)
+    assert summary["dice_std_pairs"] == pytest.approx(np.std(frame.dice_mean.to_numpy(), ddof=1))
+    every = frame[[f"dice_{label}" for label in LABELS]].to_numpy().ravel()
+    assert summary["dice_std_structures_pairs"] == pytest.approx(np.std(every, ddof=1))
+    assert summary["hd95"] == pytest.approx(frame.hd95.mean())
+
+
+def test_latex_escapes_special_characters():
+    tex = report.to_latex(pd.DataFrame({"%|J|≤0": ["0.1 ± 0.2"], "a_b": ["x&y"]}), "cap 50%")
+    assert r"\%|J|$\leq$0" in tex and r"0.1 $\pm$ 0.2" in tex and r"a\_b" in tex and r"x\&y" in tex
+    assert r"\caption{cap 50\%}" in tex and r"\begin{tabular}{ll}" in tex
+
+
+def test_published_table_is_labelled_and_holds_paper_numbers():
+    table = report.published()
+    assert set(table.origin) == {"published"}
+    ixi = table[table.dataset == "IXI"].set_index("model")
+    assert ixi.loc["TransMorph", "dice"] == "0.753" and ixi.loc["LKU-Net", "dice"] == "0.765"
+    assert table[(table.dataset == "OASIS") & (table.model == "LapIRN")].hd95.item() == "1.67"
+
+
+# ---------------------------------------------------------------- a synthetic results tree
+
+
+def write_results(root: Path, plan: dict, rng: np.random.Generator) -> None:
+    for dataset, model, run in plan["runs"]:
+        offset = {"unsupervised": 0.0}.get(run, 0.03)
+        path = root / "metrics" / dataset / model / f"{run}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        metrics_frame(rng, offset).to_csv(path, index=False)
+        run_dir = root / "runs" / dataset / model / run
+        run_dir.mkdir(parents=True, exist_ok=True)
+        steps = int(run.split("-k")[1]) if run.startswith("ofg-k") else 0
+        pd.DataFrame({"epoch": [1, 2, 3], "val_dice": [0.5, 0.55, 0.6], "seconds_per_iteration": [1.0, 2.0, 3.0],
+                      "ofg_seconds_per_iteration": [0.1 * steps] * 3, "peak_memory_mb": [10.0, 30.0, 20.0]}
+                     ).to_csv(run_dir / "history.csv", index=False)
+        (run_dir / "summary.json").write_text("{}")
+        bench = root / "benchmarks" / "train" / dataset / model / f"{run}.tsv"
+        bench.parent.mkdir(parents=True, exist_ok=True)
+        bench.write_text("s\th:m:s\tmax_rss\tmax_vms\n12.5\t0:00:12\t345.0\t900.0\n")
+    for dataset in plan["refinement"]:
+        path = root / "refinement" / f"{dataset}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [{"start": start, "pair": pair, "step": step, "dice": 0.4 + 0.01 * step, "energy": -0.1 * step}
+                for start in ("untrained", "random") for pair in range(2) for step in range(4)]
+        pd.DataFrame(rows).to_csv(path, index=False)
+
+
+@pytest.fixture
+def synthetic_plan(tmp_path):
+    import yaml
+    from snakemake.utils import validate
+
+    from ofg import workflow as wf
+
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "config" / "tiny.yaml").read_text())
+    config["results"] = str(tmp_path / "results")
+    validate(config, str(repo / "config" / "schema.yaml"))
+    plan = wf.report_plan(config)
+    plan["qualitative"] = []  # needs trained checkpoints: covered by the end-to-end workflow test
+    write_results(tmp_path / "results", plan, np.random.default_rng(3))
+    return plan
+
+
+def test_make_report_writes_every_declared_file(synthetic_plan):
+    paths = report.make_report(synthetic_plan, progress=False)
+    assert paths == report.output_paths(synthetic_plan)
+    for path in paths:
+        assert path.is_file() and path.stat().st_size > 0, path
+    assert Path(paths[0]).read_bytes()  # csv
+    for png in (p for p in paths if p.suffix == ".png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for pdf in (p for p in paths if p.suffix == ".pdf"):
+        assert pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def test_tables_content(synthetic_plan):
+    report.make_report(synthetic_plan, progress=False)
+    tables = Path(synthetic_plan["results"]) / "tables"
+    main = pd.read_csv(tables / "main_results.csv")
+    assert list(main.run) == ["unsupervised", synthetic_plan["main_run"]]
+    assert "published" not in main.to_string()
+    assert math.isnan(main.wilcoxon_p_vs_unsupervised[0]) and 0 < main.wilcoxon_p_vs_unsupervised[1] <= 1
+    cost = pd.read_csv(tables / "training_cost.csv").set_index("run")
+    # ofg-k2: OFG 0.2 s of 2.0 s per iteration on average
+    assert cost.loc["ofg-k2", "ofg_share"] == pytest.approx(0.1)
+    assert cost.loc["unsupervised", "ofg_share"] == 0
+    assert cost.loc["ofg-k2", "peak_memory_mb"] == 30.0
+    assert cost.loc["ofg-k2", "train_wall_seconds_last_invocation"] == 12.5
+    ablation = pd.read_csv(tables / "step_ablation.csv")
+    assert list(ablation.k) == [0, 1, 2]
+    selft = pd.read_csv(tables / "self_training.csv")
+    assert list(selft.run) == ["unsupervised", "self_training", "opt_self_training", synthetic_plan["main_run"]]
+    assert selft.best_val_dice.tolist() == [0.6] * 4
+    md = (tables / "main_results.md").read_text()
+    assert "± over structures×pairs" in md and report.EMBEDDED_CAVEAT in md
+    assert "PUBLISHED" in (tables / "published.md").read_text()
+
+
+def test_missing_metrics_file_fails_naming_it(synthetic_plan):
+    victim = Path(synthetic_plan["results"]) / "metrics" / "embedded-brain" / "voxelmorph" / "unsupervised.csv"
+    victim.unlink()
+    with pytest.raises(FileNotFoundError, match="unsupervised.csv"):
+        report.make_report(synthetic_plan, progress=False)

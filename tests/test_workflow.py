@@ -1,0 +1,284 @@
+"""The Snakemake workflow: dry runs of every config and profile, lint, config validation, the plan."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ofg import workflow as wf
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run snakemake with this interpreter's scripts (papermill) first on PATH, as in an activated venv."""
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run([*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def load_config(name: str, **changes) -> dict:
+    """A config file of config/, with the schema's defaults filled in by the same validator."""
+    from snakemake.utils import validate
+
+    config = yaml.safe_load((REPO / "config" / name).read_text())
+    config.update(changes)
+    validate(config, str(REPO / "config" / "schema.yaml"))
+    return config
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    table = stdout.split("Job stats:")[1]
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+    counts.pop("total", None)
+    return counts
+
+
+def planned_runs(stdout: str) -> set[str]:
+    return set(re.findall(r"output: (\S+/runs/\S+/summary\.json)", stdout))
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def test_run_ids_round_trip_and_reject_garbage():
+    assert wf.parse_run_id(wf.ofg_run_id(5)) == ("ofg", 5)
+    assert wf.ofg_run_id(0) == "unsupervised"
+    assert wf.parse_run_id("opt_self_training") == ("opt_self_training", None)
+    with pytest.raises(ValueError, match="run id 'ofg-5'"):
+        wf.parse_run_id("ofg-5")
+
+
+def test_training_runs_reuse_main_runs_in_ablation_and_self_training():
+    config = load_config("config.yaml")
+    runs = wf.training_runs(config)
+    assert len(runs) == len(set(runs))
+    brain_vm = {r.run for r in runs if (r.dataset, r.model) == ("embedded-brain", "voxelmorph")}
+    # k=0 is the baseline and k=10 the main OFG run: 4 main/self-training runs + k in {1,2,5,20}
+    assert brain_vm == {"unsupervised", "ofg-k10", "self_training", "opt_self_training",
+                        "ofg-k1", "ofg-k2", "ofg-k5", "ofg-k20"}
+    assert {r.run for r in runs if r.dataset == "embedded-ct"} == {"unsupervised", "ofg-k10"}
+    assert {r.run for r in runs if r.model == "lkunet"} == {"unsupervised", "ofg-k10"}
+
+
+def test_run_config_is_valid_and_self_training_uses_unsupervised_teacher():
+    config = load_config("config.yaml")
+    run = wf.Run("embedded-brain", "voxelmorph", "opt_self_training")
+    rc = wf.run_config(config, run)
+    assert rc["method"] == "opt_self_training"
+    assert rc["teacher"] == str(Path("results/runs/embedded-brain/voxelmorph/unsupervised/checkpoints/best.pt"))
+    assert rc["dataset"] == {"name": "embedded-brain", "root": str(Path("results/data/embedded-brain")), "options": {}}
+    ablation = wf.run_config(config, wf.Run("embedded-brain", "voxelmorph", "ofg-k5"))
+    assert ablation["ofg"]["steps"] == 5 and ablation["method"] == "ofg"
+    assert ablation["epochs"] == config["training"]["epochs"]
+
+
+def test_check_config_names_the_key():
+    config = load_config("config.yaml")
+    config["ablation"]["models"] = ["transmorph"]
+    with pytest.raises(ValueError, match=r"ablation: model 'transmorph' is not trained on 'embedded-brain'"):
+        wf.check_config(config)
+    paper = load_config("paper.yaml")
+    with pytest.raises(ValueError, match=r"datasets.ixi.root: set it"):
+        wf.check_config(paper)
+
+
+def test_report_outputs_name_every_table_and_figure_kind():
+    from ofg.report import TABLES, output_paths
+
+    plan = wf.report_plan(load_config("tiny.yaml"))
+    names = {p.name for p in output_paths(plan)}
+    for table in TABLES:
+        assert {f"{table}.csv", f"{table}.md", f"{table}.tex"} <= names
+    for kind in ("training_curves", "ablation", "refinement", "structure_dice", "qualitative"):
+        assert any(n.startswith(kind) and n.endswith(".png") for n in names), kind
+        assert any(n.startswith(kind) and n.endswith(".pdf") for n in names), kind
+
+
+# ---------------------------------------------------------------- snakemake
+
+
+def test_dry_run_default_config_plans_every_job_once():
+    result = snakemake("-n", "--cores", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = load_config("config.yaml")
+    counts = job_counts(result.stdout)
+    runs = wf.training_runs(config)
+    assert counts["train"] == len(runs) == 12
+    assert counts["evaluate"] == len(runs)
+    assert counts["prepare_data"] == 2 and counts["refinement"] == 2 and counts["tables_and_figures"] == 1
+    assert planned_runs(result.stdout) == {f"results/runs/{r.dataset}/{r.model}/{r.run}/summary.json" for r in runs}
+    # every job runs a notebook with papermill and keeps it as its log
+    assert result.stdout.count("papermill --no-progress-bar -k python3") == sum(counts.values()) - 1
+
+
+def test_dry_run_tiny_config_replaces_default_datasets():
+    result = snakemake("-n", "--cores", "2", "--configfile", str(REPO / "config" / "tiny.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    assert counts["train"] == len(wf.training_runs(load_config("tiny.yaml"))) == 5
+    assert "embedded-ct" not in result.stdout  # a --configfile replaces config/config.yaml, no merge
+
+
+def test_dry_run_paper_config_with_fixture_roots(tmp_path):
+    from ofg.data.fixtures import make_paper_roots
+
+    roots = make_paper_roots(tmp_path / "data")
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    config["results"] = str(tmp_path / "results")
+    for name, root in roots.items():
+        config["datasets"][name]["root"] = str(root)
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--cores", "4", "--configfile", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    # 4 datasets x 4 models x 2 methods, + self-training on LPBA, + ablation k in {1,2,5,20} on IXI
+    assert counts["train"] == 32 + 2 + 4
+    assert "prepare_data" not in counts  # real data is read in place
+    assert '"epochs": 500' in result.stdout and '"size": "paper"' in result.stdout
+
+
+def test_paper_config_without_roots_fails_clearly():
+    result = snakemake("-n", "--cores", "1", "--configfile", str(REPO / "config" / "paper.yaml"))
+    assert result.returncode != 0
+    assert "Invalid workflow config: config datasets.ixi.root: set it to the folder" in result.stdout + result.stderr
+
+
+def test_schema_violation_names_the_key(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    config["training"]["epochs"] = 0
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--cores", "1", "--configfile", str(path))
+    assert result.returncode != 0
+    assert "Error validating config file" in result.stdout + result.stderr
+    assert "0 is less than the minimum of 1" in result.stdout + result.stderr
+    assert "epochs" in result.stdout + result.stderr
+
+    config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    config["training"]["epoch"] = 3  # a typo
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--cores", "1", "--configfile", str(path))
+    assert result.returncode != 0 and "'epoch' was unexpected" in result.stdout + result.stderr
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+STUB = """#!/bin/sh
+echo "$(basename "$0") $*" >> "{log}"
+case "$(basename "$0") $*" in
+  "conda info --json") echo '{{"conda_prefix": "{prefix}", "platform": "linux-64", "conda_version": "25.1.0"}}';;
+  "conda --version") echo "conda 25.1.0";;
+  "conda config --get channel_priority --json") echo '{{"get": {{"channel_priority": "strict"}}}}';;
+  "sbatch"*) echo "Submitted batch job 1";;
+esac
+exit 0
+"""
+
+
+def test_slurm_profile_dry_run_sets_gpu_runtime_and_memory(tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    for name in ("sbatch", "sacct", "squeue", "scontrol", "sinfo", "sacctmgr", "conda"):
+        stub = bin_dir / name
+        stub.write_text(STUB.format(log=log, prefix=tmp_path / "conda"))
+        stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    result = snakemake("-n", "--workflow-profile", str(REPO / "profiles" / "slurm"), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    blocks = result.stdout.split("\n\n")
+    train = [b for b in blocks if "rule train:" in b]
+    assert len(train) == 12
+    for block in train:
+        assert re.search(r"resources: .*mem_mb=64000.*runtime=2880.*gpu=1", block), block
+        assert "threads: 8" in block
+    evaluate = [b for b in blocks if "rule evaluate:" in b]
+    assert evaluate and all(re.search(r"runtime=240.*gpu=1", b) for b in evaluate)
+    assert "sbatch" not in log.read_text()  # a dry run submits nothing
+
+
+@pytest.mark.slow
+def test_tiny_workflow_end_to_end_resumes_and_is_idempotent(tmp_path):
+    """The tiny config builds every table and figure and the HTML report; a second run does nothing;
+    a training run whose summary is gone (as after a kill) is re-run and resumes from its checkpoint."""
+    import time
+
+    from ofg.report import output_paths
+
+    config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    config["results"] = "results"
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    start = time.perf_counter()
+    result = snakemake("--cores", "2", "--configfile", str(path), "--directory", str(tmp_path), timeout=600)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr[-5000:]
+    print(f"tiny workflow: {elapsed:.0f} s")
+    assert elapsed < 300
+    plan = wf.report_plan(load_config("tiny.yaml", results=str(tmp_path / "results")))
+    for output in output_paths(plan):
+        assert output.is_file() and output.stat().st_size > 0, output
+    notebooks = list((tmp_path / "results" / "notebooks").rglob("*.ipynb"))
+    assert len(notebooks) == 1 + 5 + 5 + 1 + 1
+
+    again = snakemake("-n", "--cores", "2", "--configfile", str(path), "--directory", str(tmp_path))
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    report = snakemake("--cores", "1", "--configfile", str(path), "--directory", str(tmp_path),
+                       "--report", str(tmp_path / "report.html"))
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (tmp_path / "report.html").stat().st_size > 0
+
+    run = tmp_path / "results" / "runs" / "embedded-brain" / "voxelmorph" / "ofg-k2"
+    last = (run / "checkpoints" / "last.pt").stat().st_mtime_ns
+    (run / "summary.json").unlink()
+    resumed = snakemake("--cores", "2", "--configfile", str(path), "--directory", str(tmp_path),
+                        str(run.relative_to(tmp_path) / "summary.json"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (run / "summary.json").is_file()
+    log = (tmp_path / "results" / "notebooks" / "02_train" / "embedded-brain" / "voxelmorph" / "ofg-k2.ipynb")
+    assert "restart: no" in log.read_text()
+    # every epoch was already done: the trainer resumed from last.pt and trained nothing again
+    assert "resuming" in (run / "train.log").read_text()
+    assert (run / "checkpoints" / "last.pt").stat().st_mtime_ns == last
+
+
+def test_readme_use_ofg_snippet_runs_and_trains():
+    """The README's 'Use OFG in your own network' code runs as printed, and its loss moves the network."""
+    import torch
+
+    text = (REPO / "README.md").read_text()
+    snippet = text.split("## Use OFG in your own network")[1].split("```python")[1].split("```")[0]
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(2, 3, 3, padding=1)
+
+        def forward(self, moving, fixed):
+            return self.conv(torch.cat([moving, fixed], dim=1))
+
+    torch.manual_seed(0)
+    net = Net()
+    before = [p.detach().clone() for p in net.parameters()]
+    image = torch.rand(1, 1, 12, 12, 12)
+    loader = [(image, torch.roll(image, 1, dims=2))]
+    scope = {"net": net, "loader": loader}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    assert scope["warped"].shape == image.shape
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
