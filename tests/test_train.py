@@ -92,6 +92,14 @@ def test_each_method_lowers_its_loss(tmp_path, method):
     assert expected_terms | {"loss_diffusion", "val_dice", "val_folding_percent", "lr", "ofg_lr",
                              "seconds_per_iteration", "ofg_seconds_per_iteration", "peak_memory_mb"} <= set(history)
     assert history["lr"].iloc[0] == 1e-2 and history["lr"].is_monotonic_decreasing
+    target_time = {"ofg": "ofg_seconds_per_iteration", "self_training": "teacher_seconds_per_iteration",
+                   "opt_self_training": "teacher_seconds_per_iteration"}.get(method)
+    for column in ("ofg_seconds_per_iteration", "teacher_seconds_per_iteration"):
+        # the time spent making the regression target is logged for the method that has one
+        assert history[column].notna().all() if column == target_time else history[column].isna().all()
+    if target_time is not None:
+        assert (history[target_time] <= history["seconds_per_iteration"]).all()
+        assert history[target_time].iloc[0] > 0
     if method == "ofg":  # the optimiser lowers the energy of the predicted field
         assert (history["loss_energy_after"] < history["loss_energy_before"]).all()
         assert history["ofg_lr"].iloc[0] == 0.1 and np.isclose(history["ofg_lr"].iloc[1], 0.1 * (5 / 6) ** 0.9)

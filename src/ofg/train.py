@@ -283,7 +283,11 @@ def _forward(ctx: StepContext, moving: torch.Tensor, fixed: torch.Tensor) -> tup
 
 def compute_loss(ctx: StepContext, moving: torch.Tensor, fixed: torch.Tensor, key: str,
                  flips: tuple[int, ...] = ()) -> tuple[torch.Tensor, dict[str, float], float]:
-    """The method's loss for one direction: (total, unweighted terms, seconds spent refining)."""
+    """The method's loss for one direction: (total, unweighted terms, seconds spent making the target).
+
+    The seconds are the OFG refinement's for ``ofg``, and for the self-training methods those of
+    fetching the teacher's field (predicted, and refined, on first use; read from the cache after).
+    """
     config = ctx.config
     warped, disp = _forward(ctx, moving, fixed)
     reg = diffusion_loss(disp, "l2")
@@ -303,7 +307,9 @@ def compute_loss(ctx: StepContext, moving: torch.Tensor, fixed: torch.Tensor, ke
         # images for the teacher, apply them to its field.
         source_m = moving.flip([a + 2 for a in flips]) if flips else moving
         source_f = fixed.flip([a + 2 for a in flips]) if flips else fixed
+        start = time.perf_counter()
         target = flip_field(ctx.teacher.get(key, source_m, source_f), flips)
+        refine_seconds = time.perf_counter() - start  # teacher prediction (+ offline refinement) or cache read
         terms["mse"] = F.mse_loss(disp, target)
         total = config.loss.mse_weight * terms["mse"]
     total = total + config.diffusion_weight * reg
@@ -443,7 +449,10 @@ def _run_epoch(ctx: StepContext, dataset: Any, pair_dataset: Any, epoch: int, pr
     row = {name: value / max(steps, 1) for name, value in sums.items()}
     row["iterations"] = steps
     row["seconds_per_iteration"] = step_seconds / max(steps, 1)
-    row["ofg_seconds_per_iteration"] = refine_seconds / max(steps, 1) if config.method == "ofg" else float("nan")
+    per_iteration = refine_seconds / max(steps, 1)
+    row["ofg_seconds_per_iteration"] = per_iteration if config.method == "ofg" else float("nan")
+    row["teacher_seconds_per_iteration"] = (per_iteration if config.method in ("self_training", "opt_self_training")
+                                            else float("nan"))
     return row
 
 
