@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import map_coordinates
 
-from ofg.spatial import _normalised_identity, compose, identity_grid, integrate, resize_displacement, warp
+from ofg.spatial import (_normalised_identity, compose, grid_sample_parallel, identity_grid, integrate,
+                         resize_displacement, warp)
 
 
 def _oracle_warp(image: np.ndarray, disp: np.ndarray, order: int) -> np.ndarray:
@@ -190,3 +191,27 @@ def test_bad_inputs_raise_clear_errors():
         compose(disp, torch.rand(1, 3, 4, 5, 7))
     with pytest.raises(ValueError, match="size must have 3 entries"):
         resize_displacement(disp, (8, 8))
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_grid_sample_parallel_is_bit_identical_to_grid_sample(gen, mode):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the slice-parallel path is taken with more than one thread
+    try:
+        image = torch.rand((2, 3, 6, 7, 8), generator=gen)
+        grid = (2.2 * torch.rand((2, 5, 4, 9, 3), generator=gen) - 1.1).requires_grad_(True)
+        ours = grid_sample_parallel(image, grid, mode)
+        expected = F.grid_sample(image, grid, mode=mode, padding_mode="zeros", align_corners=True)
+        assert ours.shape == expected.shape and torch.equal(ours, expected)
+        weights = torch.rand(expected.shape, generator=gen)
+        (g_ours,) = torch.autograd.grad(ours, grid, weights)
+        (g_expected,) = torch.autograd.grad(expected, grid, weights)
+        assert torch.equal(g_ours, g_expected)
+        # an image that needs a gradient takes the plain kernel; the gradients still agree
+        leaf = image.clone().requires_grad_(True)
+        (gi_ours,) = torch.autograd.grad(grid_sample_parallel(leaf, grid.detach(), mode), leaf, weights)
+        (gi_expected,) = torch.autograd.grad(F.grid_sample(leaf, grid.detach(), mode=mode, padding_mode="zeros",
+                                                           align_corners=True), leaf, weights)
+        assert torch.equal(gi_ours, gi_expected)
+    finally:
+        torch.set_num_threads(threads)

@@ -9,19 +9,25 @@ from ofg.validation import check_displacement, check_same_shape
 _PENALTIES = ("l2", "l1")
 
 
-def _box_sum(volume: torch.Tensor, window: int) -> torch.Tensor:
+def _box_sum(volume: torch.Tensor, window: int,
+             scratch: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Zero-padded 'same' box sum along every spatial axis by shifted in-place additions.
 
     Per axis this adds the ``window - 1`` neighbours of each voxel that lie inside the volume,
     which is exactly a zero-padded convolution with a ones kernel, without a padded copy.
     Shifted adds beat both a 1-D conv and avg_pool on CPU and keep the summation exact
-    (see ``python -m ofg.bench``).
+    (see ``python -m ofg.bench``). ``scratch``, two contiguous tensors shaped like ``volume``
+    and distinct from it, are used in turn as the per-axis accumulators, so repeated calls
+    allocate nothing; the result is then one of them (valid until they are reused).
     """
     half = window // 2
     out = volume
-    for axis in range(2, volume.ndim):
+    for index, axis in enumerate(range(2, volume.ndim)):
         n = out.shape[axis]
-        acc = out.clone(memory_format=torch.contiguous_format)
+        if scratch is None:
+            acc = out.clone(memory_format=torch.contiguous_format)
+        else:
+            acc = scratch[index % 2].copy_(out)
         for k in range(1, min(half, n - 1) + 1):
             acc.narrow(axis, 0, n - k).add_(out.narrow(axis, k, n - k))
             acc.narrow(axis, k, n - k).add_(out.narrow(axis, 0, n - k))
@@ -148,3 +154,81 @@ def diffusion_loss(disp: torch.Tensor, penalty: str = "l2") -> torch.Tensor:
         diff = torch.diff(disp, dim=axis)
         terms.append((diff * diff).mean() if penalty == "l2" else diff.abs().mean())
     return torch.stack(terms).mean()
+
+
+class FixedImageNCC:
+    """Local squared NCC against one fixed image, with its gradient in closed form.
+
+    For optimisers that warp only the moving image (OFG refinement): the window sums of the
+    fixed image I are computed once, and every evaluation needs the window sums of J, J², IJ
+    (one box sum of a reused 3-channel buffer) plus, for the gradient, the window sums of three
+    coefficient maps. With A=S(I), B=S(J), D=S(J²), E=S(IJ), cross = E − AB/n,
+    v_I = max(S(I²) − A²/n, 0), v_J = max(D − B²/n, 0), den = v_I v_J + eps and the per-sample
+    energy −mean_x(cross²/den), the partial derivatives per window centre x are
+
+        g_E = −(2/N)·cross/den,   g_D = (1/N)·(cross/den)²·v_I  (0 where D − B²/n < 0),
+        g_B = −g_E·A/n − 2·g_D·B/n,
+
+    and, the zero-padded box sum being self-adjoint, dE/dJ = S(g_B) + 2J·S(g_D) + I·S(g_E).
+    This is exactly the autograd gradient of :func:`local_ncc` (the clamp passes no gradient
+    where the raw variance is negative), at a fraction of autograd's element-wise passes.
+
+    ``fixed`` is (B,1,*spatial) with 2 or 3 spatial axes; ``warped`` must match it.
+    """
+
+    def __init__(self, fixed: torch.Tensor, window: int = 9, eps: float = 1e-5) -> None:
+        _check_window(window)
+        if fixed.ndim not in (4, 5) or fixed.shape[1] != 1:
+            raise ValueError(f"fixed: expected (B,1,H,W) or (B,1,D,H,W), got shape {tuple(fixed.shape)}")
+        self.fixed = fixed.detach()
+        self.window = window
+        self.eps = eps
+        self._n = float(window ** (fixed.ndim - 2))
+        self._voxels = float(fixed[0].numel())
+        with torch.no_grad():
+            sums = fixed_window_sums(self.fixed, window)
+            self._mean_i = sums[:, :1] / self._n  # A/n, (B,1,*spatial)
+            self._var_i = torch.addcmul(sums[:, 1:], sums[:, :1], self._mean_i, value=-1).clamp_min_(0)
+        # the three maps to be box-summed are written into one buffer: no cat, no fresh allocation
+        self._maps = torch.empty((fixed.shape[0], 3, *fixed.shape[2:]), dtype=fixed.dtype, device=fixed.device)
+        self._scratch = (torch.empty_like(self._maps), torch.empty_like(self._maps))
+
+    def _check(self, warped: torch.Tensor) -> None:
+        if warped.shape != self.fixed.shape:
+            raise ValueError(f"warped: expected shape {tuple(self.fixed.shape)}, got {tuple(warped.shape)}")
+
+    def _forward(self, warped: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        maps, i = self._maps, self.fixed
+        maps[:, :1].copy_(warped)
+        torch.mul(warped, warped, out=maps[:, 1:2])
+        torch.mul(i, warped, out=maps[:, 2:])
+        sums = _box_sum(maps, self.window, self._scratch)
+        s_j, s_jj, s_ij = sums[:, :1], sums[:, 1:2], sums[:, 2:]
+        cross = torch.addcmul(s_ij, self._mean_i, s_j, value=-1)
+        var_j_raw = torch.addcmul(s_jj, s_j, s_j, value=-1.0 / self._n)
+        den = torch.mul(self._var_i, var_j_raw.clamp_min(0)).add_(self.eps)
+        ratio = cross / den
+        energy = -(cross * ratio).flatten(1).sum(dim=1) / self._voxels
+        return energy, s_j, var_j_raw, ratio
+
+    def energy(self, warped: torch.Tensor) -> torch.Tensor:
+        """Per-sample energy −mean(cc), shape (B,); no gradient is tracked."""
+        self._check(warped)
+        with torch.no_grad():
+            return self._forward(warped.detach())[0]
+
+    def energy_and_grad(self, warped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample energy (B,) and the gradient of its sum w.r.t. ``warped`` (B,1,*spatial)."""
+        self._check(warped)
+        with torch.no_grad():
+            warped = warped.detach()
+            energy, s_j, var_j_raw, ratio = self._forward(warped)
+            maps, scale = self._maps, 1.0 / self._voxels
+            g_d = maps[:, 1:2]
+            torch.mul(ratio, ratio, out=g_d).mul_(self._var_i).mul_(scale).masked_fill_(var_j_raw < 0, 0)
+            g_e = torch.mul(ratio, -2.0 * scale, out=maps[:, 2:])
+            # g_B = −g_E·A/n − 2·g_D·B/n
+            torch.mul(g_e, self._mean_i, out=maps[:, :1]).neg_().addcmul_(g_d, s_j, value=-2.0 / self._n)
+            sums = _box_sum(maps, self.window, self._scratch)
+            grad = torch.addcmul(sums[:, :1], warped, sums[:, 1:2], value=2.0).addcmul_(self.fixed, sums[:, 2:])
+        return energy, grad

@@ -54,6 +54,29 @@ def sampling_grid(disp: torch.Tensor) -> torch.Tensor:
     return identity + scaled.flip(1).movedim(1, -1)
 
 
+def grid_sample_parallel(image: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """``F.grid_sample`` (zero padding, align_corners=True) of ``image`` (B,C,D,H,W) at ``grid``
+    (B,D,H,W,3), with the same values, computed in parallel over slices on a multi-threaded CPU.
+
+    The 3-D CPU kernel parallelises over the batch only, so a single pair runs on one core.
+    Each output voxel depends only on its own grid point, so every slice of the grid along D is
+    sampled as a batch entry of its own (the image broadcast without a copy): the arithmetic per
+    voxel is unchanged and the results are bit-identical. Not used when ``image`` needs a
+    gradient, which would be accumulated per slice (D times the image's memory).
+    """
+    slices = grid.shape[1]
+    if (image.device.type != "cpu" or image.ndim != 5 or torch.get_num_threads() < 2 or slices < 2
+            or (image.requires_grad and torch.is_grad_enabled())):
+        return F.grid_sample(image, grid, mode=mode, padding_mode="zeros", align_corners=True)
+    channels = image.shape[1]
+    outputs = []
+    for b in range(grid.shape[0]):
+        source = image[b:b + 1].expand(slices, *image.shape[1:])
+        out = F.grid_sample(source, grid[b].unsqueeze(1), mode=mode, padding_mode="zeros", align_corners=True)
+        outputs.append(out.movedim(0, 2).reshape(1, channels, *grid.shape[1:4]))  # (D,C,1,H,W) → (1,C,D,H,W)
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
 def warp(image: torch.Tensor, disp: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Warp ``image`` (B,C,D,H,W) by ``disp`` (B,3,D,H,W) in voxels: ``out(x) = image(x + disp(x))``.
 
@@ -66,7 +89,7 @@ def warp(image: torch.Tensor, disp: torch.Tensor, mode: str = "bilinear") -> tor
     if image.shape[0] != disp.shape[0]:
         image = image.expand(disp.shape[0], *image.shape[1:])
     grid = sampling_grid(disp.to(image.dtype))
-    return F.grid_sample(image, grid, mode=mode, padding_mode="zeros", align_corners=True)
+    return grid_sample_parallel(image, grid, mode)
 
 
 def integrate(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:

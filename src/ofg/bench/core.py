@@ -197,6 +197,24 @@ def _float64_check(size: int = 24) -> tuple[float, float]:
     return ncc_diff, refine_diff.max().item()
 
 
+def _abs_diff_stats(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """max and 99.9th percentile of |a - b| over all elements, computed in float64."""
+    diff = (a.double() - b.double()).abs().flatten()
+    return diff.max().item(), torch.quantile(diff[:2**24], 0.999).item()
+
+
+def _accuracy_lines(size: int, moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor,
+                    ours32: torch.Tensor, naive32: torch.Tensor) -> list[str]:
+    """Refined fields (k=10) in float32 against the naive loop in float64 (~exact arithmetic)."""
+    oracle = naive_refine(moving.double(), fixed.double(), disp.double(), steps=10)
+    lines = []
+    for name, field in (("ours float32", ours32), ("naive float32", naive32)):
+        top, p999 = _abs_diff_stats(field, oracle)
+        lines.append(f"{size:>5}  {name:>13} - naive float64 (refine k=10)  max|diff| {top:.1e}  "
+                     f"p99.9|diff| {p999:.1e} voxels")
+    return lines
+
+
 def run(args: argparse.Namespace) -> None:
     """Print the core table for every size in ``args.sizes`` on ``args.device``."""
     device, repeats = args.device, args.repeats
@@ -210,6 +228,7 @@ def run(args: argparse.Namespace) -> None:
     print(_row(header, widths))
     mib = 2.0 ** 20
     single_runs = False
+    accuracy: list[str] = []
     for size in args.sizes:
         moving, fixed, disp = make_inputs(size, device)
         warped = naive_warp(moving, disp)
@@ -233,16 +252,22 @@ def run(args: argparse.Namespace) -> None:
         t_naive, n_naive = median_seconds(lambda: results.append(naive_refine(moving, fixed, disp, steps=10)),
                                           device, repeats)
         single_runs |= n_naive == 1
-        field_diff = (refine(moving, fixed, disp, steps=10)[0] - results[-1]).abs().flatten().double()
+        ours_field = refine(moving, fixed, disp, steps=10)[0]
+        field_diff = (ours_field - results[-1]).abs().flatten().double()
         m_ours = peak_bytes(lambda: refine(moving, fixed, disp, steps=2), device)
         m_naive = peak_bytes(lambda: naive_refine(moving, fixed, disp, steps=2), device)
         print(_row([f"{size}", "refine k=10", f"{t_ours:.3f}", f"{t_naive:.3f}" + "*" * (n_naive == 1),
                     f"{t_naive / t_ours:.1f}x", f"{m_ours / mib:.1f}", f"{m_naive / mib:.1f}",
                     f"{m_naive / max(m_ours, 1):.2f}x", f"{field_diff.max().item():.1e}",
                     f"{torch.quantile(field_diff[:2**24], 0.999).item():.1e}"], widths), flush=True)
+        accuracy += _accuracy_lines(size, moving, fixed, disp, ours_field, results[-1])
     if single_runs:
         print("* a single run (the warm-up took over 30 s), not a median")
     ncc_diff, refine_diff = _float64_check()
     print(f"float64 at 24^3, same formulas: max|diff| ncc loss+gradient {ncc_diff:.1e}, "
           f"refined field {refine_diff:.1e} voxels. The float32 field differences come from Adam's")
     print("first steps, lr*g/(|g|+eps), turning round-off in tiny gradients into steps of up to lr.")
+    print("Accuracy in float32: both refinements against the naive loop run in float64 (exact to ~1e-10),")
+    print("so ours is no less accurate than the reference formulation when its rows are no larger:")
+    for line in accuracy:
+        print(line)
