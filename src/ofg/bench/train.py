@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -88,9 +89,12 @@ def measure(method: str, size: int, device: torch.device, repeats: int, steps: i
 
 
 def _measure_in_subprocess(method: str, size: int, repeats: int) -> dict[str, float]:
-    code = ("import json, sys, torch; from ofg.bench.train import measure; "
+    threads = torch.get_num_threads()
+    code = (f"import json, sys, torch; torch.set_num_threads({threads}); from ofg.bench.train import measure; "
             f"print(json.dumps(measure({method!r}, {size}, torch.device('cpu'), {repeats})))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    # the fresh process must use the thread count the user chose with --threads
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"benchmark subprocess for {method} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
