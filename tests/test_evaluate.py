@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy import ndimage
 
 import synthetic
 from ofg.checkpoint import save_checkpoint

@@ -146,14 +146,9 @@ def diffusion_loss(disp: torch.Tensor, penalty: str = "l2") -> torch.Tensor:
     mean(d^2) ("l2") or mean(|d|) ("l1") over batch, channels and voxels, and the loss is the
     mean of the axis terms.
     """
-    if penalty not in _PENALTIES:
-        raise ValueError(f"penalty must be one of {_PENALTIES}, got {penalty!r}")
-    ndim = check_displacement(disp)
-    terms = []
-    for axis in range(2, 2 + ndim):
-        diff = torch.diff(disp, dim=axis)
-        terms.append((diff * diff).mean() if penalty == "l2" else diff.abs().mean())
-    return torch.stack(terms).mean()
+    # every sample has the same number of voxels, so the batch mean of the per-sample terms is
+    # the mean over batch, channels and voxels
+    return diffusion_terms(disp, penalty).mean()
 
 
 class FixedImageNCC:

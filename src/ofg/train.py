@@ -37,7 +37,6 @@ import resource
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable

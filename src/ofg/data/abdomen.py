@@ -20,18 +20,13 @@ from pathlib import Path
 from typing import Sequence
 
 from ofg.data.labels import ABDOMEN_LABEL_NAMES, ABDOMEN_LABELS
-from ofg.data.learn2reg import read_learn2reg
+from ofg.data.learn2reg import learn2reg_pair_splits, read_learn2reg
 from ofg.data.realdata import (
     RealDataset,
     Size,
     SizeOption,
     check_axes,
-    nifti_pair_list,
-    nifti_shape,
-    nifti_spacing,
-    permute_shape,
     require_root,
-    resolve_size,
 )
 
 PAPER_SIZE: Size = (192, 160, 256)
@@ -49,25 +44,8 @@ def open_abdomen(
         raise ValueError(f"intensity_scale must be positive; got {intensity_scale!r}")
     root = require_root(root, "AbdomenCTCT")
     axes = check_axes(axes)
-    layout = read_learn2reg(root, JSON_NAME)
-    first = layout.train_subjects[0].image
-    expected = resolve_size(image_size, permute_shape(PAPER_SIZE, axes), lambda: nifti_shape(first, axes))  # type: ignore[arg-type]
-    train = layout.train_pairs()
-    splits = {
-        "train": nifti_pair_list(train, expected, axes, scale=intensity_scale),
-        "val": nifti_pair_list(layout.val_pairs, expected, axes, scale=intensity_scale),
-        "test": nifti_pair_list(layout.test_pairs, expected, axes, scale=intensity_scale),
-    }
-    notes = {
-        "train": f"all {len(train)} unordered pairs of {len(layout.train_subjects)} training subjects "
-        "outside the val/test pairs (each trained both ways)",
-        "val": f"{len(layout.val_pairs)} registration_val pairs",
-        "test": (
-            "registration_val pairs (no labelled registration_test)"
-            if layout.test_is_val
-            else "registration_test pairs"
-        ),
-    }
+    splits, notes, expected, spacing = learn2reg_pair_splits(read_learn2reg(root, JSON_NAME), PAPER_SIZE, image_size,
+                                                             axes, scale=intensity_scale)
     return RealDataset(
         name="abdomen",
         root=root,
@@ -76,7 +54,7 @@ def open_abdomen(
         label_names=dict(ABDOMEN_LABEL_NAMES),
         image_size=expected,
         splits=splits,
-        spacing=nifti_spacing(first, axes),
+        spacing=spacing,
         bidirectional=True,
         augment_flips=False,
         notes=notes,

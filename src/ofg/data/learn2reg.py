@@ -29,7 +29,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ofg.data.realdata import Volume, unordered_pairs
+from ofg.data.base import PairList
+from ofg.data.realdata import (Size, SizeOption, Volume, nifti_pair_list, nifti_shape, nifti_spacing, permute_shape,
+                               resolve_size, unordered_pairs)
 from ofg.io import DataError, require_file
 
 
@@ -136,3 +138,29 @@ def read_learn2reg(root: Path, json_name: str) -> Learn2RegSplits:
     if len(train) < 2:
         raise DataError(f"{json_path}: fewer than two training subjects remain outside the val/test pairs")
     return Learn2RegSplits(train, tuple(val), tuple(test), test_is_val, json_path)  # type: ignore[arg-type]
+
+
+def learn2reg_pair_splits(layout: Learn2RegSplits, paper_size: Size, image_size: SizeOption,
+                          axes: tuple[int, int, int] | None, scale: float = 1.0
+                          ) -> tuple[dict[str, PairList], dict[str, str], Size, tuple[float, float, float]]:
+    """The train/val/test pair lists of a Learn2Reg release, their notes, the image size and spacing.
+
+    ``paper_size`` is the release's size in file order; images are divided by ``scale``
+    (AbdomenCTCT: HU/500) and permuted by ``axes``.
+    """
+    first = layout.train_subjects[0].image
+    expected = resolve_size(image_size, permute_shape(paper_size, axes), lambda: nifti_shape(first, axes))
+    train = layout.train_pairs()
+    splits = {
+        "train": nifti_pair_list(train, expected, axes, scale=scale),
+        "val": nifti_pair_list(layout.val_pairs, expected, axes, scale=scale),
+        "test": nifti_pair_list(layout.test_pairs, expected, axes, scale=scale),
+    }
+    notes = {
+        "train": f"all {len(train)} unordered pairs of {len(layout.train_subjects)} training subjects "
+        "outside the val/test pairs (each trained both ways)",
+        "val": f"{len(layout.val_pairs)} registration_val pairs",
+        "test": ("registration_val pairs (no labelled registration_test)" if layout.test_is_val
+                 else "registration_test pairs"),
+    }
+    return splits, notes, expected, nifti_spacing(first, axes)

@@ -40,7 +40,7 @@ import numpy as np
 
 from ofg.data.base import Pair, PairList
 from ofg.data.labels import OASIS_LABEL_NAMES, OASIS_LABELS
-from ofg.data.learn2reg import read_learn2reg
+from ofg.data.learn2reg import learn2reg_pair_splits, read_learn2reg
 from ofg.data.realdata import (
     RealDataset,
     Size,
@@ -49,10 +49,6 @@ from ofg.data.realdata import (
     check_volume,
     integral_label,
     make_pair,
-    nifti_pair_list,
-    nifti_shape,
-    nifti_spacing,
-    permute_shape,
     require_dir,
     require_root,
     resolve_size,
@@ -161,26 +157,7 @@ def _open_pkl(
 def _open_nifti(
     root: Path, image_size: SizeOption, axes: tuple[int, int, int] | None
 ) -> tuple[dict, dict, Size, tuple]:
-    layout = read_learn2reg(root, JSON_NAME)
-    first = layout.train_subjects[0].image
-    expected = resolve_size(image_size, permute_shape(NIFTI_SIZE, axes), lambda: nifti_shape(first, axes))  # type: ignore[arg-type]
-    train = layout.train_pairs()
-    splits = {
-        "train": nifti_pair_list(train, expected, axes),
-        "val": nifti_pair_list(layout.val_pairs, expected, axes),
-        "test": nifti_pair_list(layout.test_pairs, expected, axes),
-    }
-    notes = {
-        "train": f"all {len(train)} unordered pairs of {len(layout.train_subjects)} training subjects "
-        "outside the val/test pairs (each trained both ways)",
-        "val": f"{len(layout.val_pairs)} registration_val pairs",
-        "test": (
-            "registration_val pairs (no labelled registration_test)"
-            if layout.test_is_val
-            else "registration_test pairs"
-        ),
-    }
-    return splits, notes, expected, nifti_spacing(first, axes)
+    return learn2reg_pair_splits(read_learn2reg(root, JSON_NAME), NIFTI_SIZE, image_size, axes)
 
 
 def detect_layout(root: Path) -> str:
