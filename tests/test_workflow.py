@@ -106,8 +106,10 @@ def test_report_outputs_name_every_table_and_figure_kind():
 # ---------------------------------------------------------------- snakemake
 
 
-def test_dry_run_default_config_plans_every_job_once():
-    result = snakemake("-n", "--cores", "4")
+def test_dry_run_default_config_plans_every_job_once(tmp_path):
+    # an empty results folder, so that runs a user already finished under results/ do not count
+    results = tmp_path / "results"
+    result = snakemake("-n", "--cores", "4", "--config", f"results={results}")
     assert result.returncode == 0, result.stderr[-3000:]
     config = load_config("config.yaml")
     counts = job_counts(result.stdout)
@@ -115,7 +117,7 @@ def test_dry_run_default_config_plans_every_job_once():
     assert counts["train"] == len(runs) == 12
     assert counts["evaluate"] == len(runs)
     assert counts["prepare_data"] == 2 and counts["refinement"] == 2 and counts["tables_and_figures"] == 1
-    assert planned_runs(result.stdout) == {f"results/runs/{r.dataset}/{r.model}/{r.run}/summary.json" for r in runs}
+    assert planned_runs(result.stdout) == {f"{results}/runs/{r.dataset}/{r.model}/{r.run}/summary.json" for r in runs}
     # every job runs a notebook with papermill and keeps it as its log
     assert result.stdout.count("papermill --no-progress-bar -k python3") == sum(counts.values()) - 1
 
@@ -282,3 +284,20 @@ def test_readme_use_ofg_snippet_runs_and_trains():
     exec(compile(snippet, "README.md", "exec"), scope)
     assert scope["warped"].shape == image.shape
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_use_threads_never_exceeds_the_cores_this_process_may_use():
+    import os
+
+    import torch
+
+    from ofg.workflow import use_threads
+
+    before = torch.get_num_threads()
+    try:
+        available = len(os.sched_getaffinity(0))
+        assert use_threads(available + 8) == available == torch.get_num_threads()
+        assert use_threads(1) == 1 == torch.get_num_threads()
+        assert use_threads(0) == 1
+    finally:
+        torch.set_num_threads(before)

@@ -20,6 +20,7 @@ k equal to ``ofg.steps`` is the main OFG run, so neither is trained twice.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -47,6 +48,20 @@ class Run:
     @property
     def steps(self) -> int | None:
         return parse_run_id(self.run)[1]
+
+
+def use_threads(threads: int) -> int:
+    """Give torch ``threads`` CPU threads, but never more than this process may run on; return the count.
+
+    Snakemake's ``--cores`` budget can exceed the machine (``--cores 4`` on 2 cores): more compute
+    threads than cores make PyTorch's CPU kernels several times slower, so the count is capped.
+    """
+    import torch
+
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    count = max(1, min(int(threads), available))
+    torch.set_num_threads(count)
+    return count
 
 
 def ofg_run_id(steps: int) -> str:
