@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -14,20 +12,9 @@ from ofg.data.abdomen import open_abdomen
 from ofg.data.fixtures import make_abdomen_fixture
 from ofg.data.labels import ABDOMEN_LABEL_NAMES
 from ofg.io import DataError, save_nifti
+from filetree import nii, tree_state
 
 SHAPE = (8, 10, 12)
-
-
-def tree_state(root: Path) -> dict[str, tuple[str, int]]:
-    return {
-        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def nii(path: Path) -> np.ndarray:
-    return np.asarray(nib.load(str(path)).dataobj)
 
 
 @pytest.fixture(scope="module")

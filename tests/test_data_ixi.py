@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import random
 from pathlib import Path
@@ -20,6 +19,7 @@ from ofg.data.labels import (
     map_freesurfer_to_ixi,
 )
 from ofg.io import DataError
+from filetree import tree_state
 
 SHAPE = (12, 14, 10)
 
@@ -56,14 +56,6 @@ PAPER_VOI_FS_IDS = {
     60,
     63,
 }
-
-
-def tree_state(root: Path) -> dict[str, tuple[str, int]]:
-    return {
-        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def read_pkl(path: Path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from ofg.data.fixtures import make_lpba_fixture
 from ofg.data.labels import LPBA_LABEL_NAMES, LPBA_LABELS
 from ofg.data.lpba import crop_or_pad, open_lpba, read_analyze
 from ofg.io import DataError, save_nifti
+from filetree import nii, tree_state
 
 SHAPE = (10, 12, 8)
 PAPER_LPBA_LABELS = [
@@ -29,18 +29,6 @@ PAPER_LPBA_LABELS = [
     122,
     *range(161, 167),
 ]
-
-
-def tree_state(root: Path) -> dict[str, tuple[str, int]]:
-    return {
-        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def nii(path: Path) -> np.ndarray:
-    return np.asarray(nib.load(str(path)).dataobj)
 
 
 def minmax(a: np.ndarray) -> np.ndarray:

@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import random
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 from ofg.data.fixtures import make_oasis_fixture
 from ofg.data.oasis import open_oasis
 from ofg.io import DataError, save_nifti
+from filetree import nii, tree_state
 
 SHAPE = (10, 12, 8)
-
-
-def tree_state(root: Path) -> dict[str, tuple[str, int]]:
-    return {
-        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def nii(path: Path) -> np.ndarray:
-    return np.asarray(nib.load(str(path)).dataobj)
 
 
 @pytest.fixture(scope="module")

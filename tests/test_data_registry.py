@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from pathlib import Path
 
@@ -12,16 +11,9 @@ from ofg.data import DATASETS, open_dataset
 from ofg.data.base import RegistrationDataset
 from ofg.data.fixtures import make_paper_roots
 from ofg.data.realdata import check_image_size
+from filetree import tree_state
 
 REAL = ("ixi", "oasis", "lpba", "abdomen")
-
-
-def tree_state(root: Path) -> dict[str, tuple[str, int]]:
-    return {
-        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
