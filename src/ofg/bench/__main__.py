@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: cuda when available, else cpu")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up (median reported)")
+    parser.add_argument("--accuracy-max-size", type=int, default=64,
+                        help="largest size at which [core] also runs the naive refinement in float64 to "
+                             "compare both float32 results with exact arithmetic (slow; default 64)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice); 1 is steadier on a busy machine")
     args = parser.parse_args(argv)

@@ -260,14 +260,17 @@ def run(args: argparse.Namespace) -> None:
                     f"{t_naive / t_ours:.1f}x", f"{m_ours / mib:.1f}", f"{m_naive / mib:.1f}",
                     f"{m_naive / max(m_ours, 1):.2f}x", f"{field_diff.max().item():.1e}",
                     f"{torch.quantile(field_diff[:2**24], 0.999).item():.1e}"], widths), flush=True)
-        accuracy += _accuracy_lines(size, moving, fixed, disp, ours_field, results[-1])
+        if size <= getattr(args, "accuracy_max_size", 64):
+            # a float64 naive refinement costs minutes on a CPU at 128^3: only at small sizes by default
+            accuracy += _accuracy_lines(size, moving, fixed, disp, ours_field, results[-1])
     if single_runs:
-        print("* a single run (the warm-up took over 30 s), not a median")
+        print("* a single run, not a median (--repeats 1, or the warm-up took over 30 s)")
     ncc_diff, refine_diff = _float64_check()
     print(f"float64 at 24^3, same formulas: max|diff| ncc loss+gradient {ncc_diff:.1e}, "
           f"refined field {refine_diff:.1e} voxels. The float32 field differences come from Adam's")
     print("first steps, lr*g/(|g|+eps), turning round-off in tiny gradients into steps of up to lr.")
-    print("Accuracy in float32: both refinements against the naive loop run in float64 (exact to ~1e-10),")
-    print("so ours is no less accurate than the reference formulation when its rows are no larger:")
-    for line in accuracy:
-        print(line)
+    if accuracy:
+        print("Accuracy in float32: both refinements against the naive loop run in float64 (exact to ~1e-10),")
+        print("so ours is no less accurate than the reference formulation when its rows are no larger:")
+        for line in accuracy:
+            print(line)
