@@ -220,3 +220,14 @@ def test_endpoint_error():
         endpoint_error(disp, truth, spacing=(1.0, 0.0, 1.0))
     with pytest.raises(ValueError, match="floating-point"):
         endpoint_error(disp.astype(int), truth)
+
+
+def test_statistics_of_a_precomputed_determinant_equal_the_field_versions():
+    from ofg.metrics import folding_percent_of, sdlogj_plain_of
+
+    rng = np.random.default_rng(3)
+    disp = 0.8 * rng.standard_normal((3, 10, 11, 12))  # rough enough to fold somewhere
+    det = jacobian_determinant(disp)
+    assert 0 < folding_percent(disp) == folding_percent_of(det)
+    assert sdlogj(disp, convention="plain") == sdlogj_plain_of(det)
+    assert np.isnan(sdlogj_plain_of(-np.ones((4, 4, 4))))

@@ -79,11 +79,12 @@ def field_metrics(disp: torch.Tensor, moving_label: np.ndarray, fixed_label: np.
     row: dict[str, float] = {"dice_mean": float(np.nanmean(per_label)) if np.isfinite(per_label).any()
                              else float("nan")}
     row.update({f"dice_{label}": float(v) for label, v in zip(labels, per_label)})
-    row["folding_percent"] = float(metrics.folding_percent(field))
+    det = metrics.jacobian_determinant(field)  # once: folding and the plain SDlogJ both use it
+    row["folding_percent"] = metrics.folding_percent_of(det)
     if not full:
         return row
     row["sdlogj_l2r"] = float(metrics.sdlogj(field, convention="l2r"))
-    row["sdlogj_plain"] = float(metrics.sdlogj(field, convention="plain"))
+    row["sdlogj_plain"] = metrics.sdlogj_plain_of(det)
     if hd95:
         pred, true = warped, np.asarray(fixed_label)
         vox, mm = [], []

@@ -131,8 +131,19 @@ def jacobian_determinant(disp: np.ndarray | torch.Tensor) -> np.ndarray:
 
 def folding_percent(disp: np.ndarray | torch.Tensor) -> float:
     """Percentage of voxels with det J ≤ 0 over the whole volume: 100·count(det ≤ 0)/N."""
-    det = jacobian_determinant(disp)
+    return folding_percent_of(jacobian_determinant(disp))
+
+
+def folding_percent_of(det: np.ndarray) -> float:
+    """:func:`folding_percent` from a determinant map (D,H,W) already computed by
+    :func:`jacobian_determinant` (so callers that need several statistics compute it once)."""
     return float(100.0 * np.count_nonzero(det <= 0) / det.size)
+
+
+def sdlogj_plain_of(det: np.ndarray) -> float:
+    """std(log det) over voxels with det > 0 of a map from :func:`jacobian_determinant`; NaN if none."""
+    positive = det[det > 0]
+    return float(np.log(positive).std()) if positive.size else float("nan")
 
 
 def _l2r_jacobian_determinant(field: np.ndarray) -> np.ndarray:
@@ -160,9 +171,7 @@ def sdlogj(disp: np.ndarray | torch.Tensor, convention: str = "l2r") -> float:
         det = _l2r_jacobian_determinant(field)
         return float(np.log(np.clip(det + 3.0, 1e-9, 1e9)).std())
     if convention == "plain":
-        det = jacobian_determinant(field)
-        positive = det[det > 0]
-        return float(np.log(positive).std()) if positive.size else float("nan")
+        return sdlogj_plain_of(jacobian_determinant(field))
     raise ValueError(f"convention must be 'l2r' or 'plain', got {convention!r}")
 
 
