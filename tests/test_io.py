@@ -53,3 +53,14 @@ def test_readers_name_the_bad_file(tmp_path):
         load_pickle(bad_pickle)
     with pytest.raises(DataError, match="img.nii.gz: image holds 1 NaN/Inf"):
         check_finite(np.array([0.0, np.nan]), "img.nii.gz")
+
+
+def test_sha256_file_matches_hashlib_on_a_multi_block_file(tmp_path):
+    import hashlib
+
+    from ofg.io import sha256_file
+
+    data = np.random.default_rng(1).bytes((1 << 20) + 123)  # more than one read block
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import logging
 import math
 import random
@@ -51,7 +50,7 @@ from ofg.checkpoint import (build_from_checkpoint, capture_rng_state, read_check
                             save_checkpoint, unwrap_model)
 from ofg.config import RunConfig, coerce, differing_keys, resolve
 from ofg.guidance import OFGLoss, poly_lr, refine
-from ofg.io import DataError, atomic_path, write_json_atomic
+from ofg.io import DataError, atomic_path, sha256_file, write_json_atomic
 from ofg.losses import diffusion_loss, ncc_loss
 from ofg.spatial import warp
 
@@ -211,14 +210,6 @@ class TeacherFields:
         return disp
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_teacher(config: RunConfig, image_size: tuple[int, int, int], out_dir: Path,
                  device: torch.device) -> TeacherFields:
     """Load the teacher checkpoint and check it matches the student's architecture and image size."""
@@ -241,7 +232,7 @@ def load_teacher(config: RunConfig, image_size: tuple[int, int, int], out_dir: P
     teacher = build_from_checkpoint(payload, path, device)
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
-    cache_dir = out_dir / "teacher_fields" / _sha256(path)[:16]
+    cache_dir = out_dir / "teacher_fields" / sha256_file(path)[:16]
     settings = None
     if config.method == "opt_self_training":
         settings = {"steps": config.ofg.steps, "lr": config.ofg.lr, "reg_weight": config.ofg.reg_weight,

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from ofg.data.base import SPLITS, Pair, PairList, RegistrationDataset, check_split
-from ofg.data.embedded import FORMAT_VERSION, sha256_file
+from ofg.data.embedded import FORMAT_VERSION
 from ofg.data.synthesis import compose_with_inverse, to_channels_first
-from ofg.io import DataError, load_nifti, require_file
+from ofg.io import DataError, load_nifti, require_file, sha256_file
 
 _LABEL_SETS = {"brain": ("ixi", "lpba"), "ct": ("abdomen",)}
 

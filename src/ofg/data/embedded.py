@@ -50,7 +50,7 @@ from ofg.data.labels import (
     LPBA_LABEL_NAMES,
     LPBA_LABELS,
 )
-from ofg.io import DataError, atomic_path, load_nifti, save_nifti, write_json_atomic, write_text_atomic
+from ofg.io import DataError, atomic_path, load_nifti, save_nifti, sha256_file, write_json_atomic, write_text_atomic
 
 KINDS = ("brain", "ct")
 PRESETS = ("cpu", "paper", "tiny")
@@ -186,15 +186,6 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
         return Path(cache_dir).expanduser()
     env = os.environ.get("OFG_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ofg"
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of the file at ``path``."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pip_download_command(source: WheelSource, dest: Path) -> list[str]:
