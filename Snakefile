@@ -1,7 +1,7 @@
 # The OFG workflow: prepare data -> train -> evaluate -> experiments -> tables, figures and report.
 #   snakemake --cores 4                                   (default config: embedded data, CPU-sized)
 #   snakemake --cores 2 --configfile config/tiny.yaml     (CI end to end)
-#   snakemake --profile profiles/slurm --configfile config/paper.yaml
+#   snakemake --workflow-profile profiles/slurm --configfile my_paper.yaml
 # Every rule runs one papermill notebook of notebooks/; the executed notebook is the rule's log.
 import os
 
@@ -32,5 +32,5 @@ report: "workflow/report/workflow.rst"
 
 rule all:
     input:
-        REPORT_OUTPUTS,
+        [str(path) for record in OUTPUTS for path in record.paths],
     default_target: True

@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ofg.config import RunConfig
 from ofg.io import DataError, atomic_path, require_file
+from ofg.models import build_model
 
 FORMAT = "ofg-checkpoint"
 VERSION = 1
@@ -104,9 +106,6 @@ def build_from_checkpoint(payload: dict[str, Any], path: str | Path = "checkpoin
 
     Raises DataError naming ``path`` if the stored weights do not fit the stored architecture.
     """
-    from ofg.config import RunConfig
-    from ofg.models import build_model
-
     config = RunConfig.from_dict(payload["config"])
     image_size = tuple(int(s) for s in payload["image_size"])
     model = build_model(config.model.name, image_size, size=config.model.size, **config.model.overrides)
@@ -116,3 +115,10 @@ def build_from_checkpoint(payload: dict[str, Any], path: str | Path = "checkpoin
         raise DataError(f"{path}: weights do not fit model {config.model.name!r} (size {config.model.size!r}, "
                         f"image size {image_size}): {exc}") from exc
     return model.to(device).eval()
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device | None = None) -> tuple[torch.nn.Module, RunConfig]:
+    """(network in eval mode with the checkpoint's weights, its run config). Device default: cpu."""
+    payload = read_checkpoint(path)
+    model = build_from_checkpoint(payload, path, device if device is not None else "cpu")
+    return model, RunConfig.from_dict(payload["config"])

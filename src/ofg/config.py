@@ -23,7 +23,8 @@ The YAML keys are fixed (the workflow writes them)::
 The defaults are the reference protocol: Adam(amsgrad) at lr 1e-4 with poly decay 0.9 per epoch,
 batch 1, OFG with k=10 Adam steps at lr 0.1 (poly-decayed per epoch), model loss
 MSE + 0.02 diffusion for OFG and the self-training methods, NCC + 1 diffusion for the baseline.
-``ofg.window`` is the local-NCC window of both the OFG energy and the baseline loss.
+The ``ofg`` section is a :class:`ofg.guidance.RefineSettings`; ``ofg.window`` is the local-NCC
+window of both the OFG energy and the baseline loss.
 
 ``null`` entries are resolved by :func:`resolve`: ``loss.diffusion_weight`` from the method, and
 ``bidirectional`` / ``augment_flips`` from the dataset's reference protocol.
@@ -40,7 +41,9 @@ from typing import Any, Mapping
 
 import yaml
 
+from ofg.guidance import RefineSettings
 from ofg.io import DataError, require_file, write_text_atomic
+from ofg.models import MODEL_NAMES
 
 METHODS = ("unsupervised", "ofg", "self_training", "opt_self_training")
 TEACHER_METHODS = ("self_training", "opt_self_training")
@@ -68,16 +71,6 @@ class ModelConfig:
 
 
 @dataclass
-class OFGConfig:
-    """The optimiser of on-the-fly guidance: Adam steps, base learning rate, energy weights."""
-
-    steps: int = 10
-    lr: float = 0.1
-    reg_weight: float = 1.0
-    window: int = 9
-
-
-@dataclass
 class LossConfig:
     """Weights of the model loss terms; ``diffusion_weight`` None means the method's default."""
 
@@ -93,7 +86,7 @@ class RunConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: str = "ofg"
-    ofg: OFGConfig = field(default_factory=OFGConfig)
+    ofg: RefineSettings = field(default_factory=RefineSettings)
     loss: LossConfig = field(default_factory=LossConfig)
     epochs: int = 500
     iterations_per_epoch: int | None = None
@@ -173,7 +166,7 @@ def _from_mapping(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
 _NESTED: dict[tuple[type, str], type] = {
     (RunConfig, "dataset"): DatasetConfig,
     (RunConfig, "model"): ModelConfig,
-    (RunConfig, "ofg"): OFGConfig,
+    (RunConfig, "ofg"): RefineSettings,
     (RunConfig, "loss"): LossConfig,
 }
 
@@ -214,7 +207,9 @@ def validate(config: RunConfig) -> RunConfig:
     _check(isinstance(config.dataset.root, (str, Path)), "dataset.root", "a path", config.dataset.root)
     config.dataset.root = str(config.dataset.root)
     _check(isinstance(config.dataset.options, dict), "dataset.options", "a mapping", config.dataset.options)
-    _check(isinstance(config.model.name, str), "model.name", "a model name", config.model.name)
+    if config.model.name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {config.model.name!r} (config key model.name); valid models: "
+                         f"{', '.join(MODEL_NAMES)}")
     _check(config.model.size in MODEL_SIZES, "model.size", f"one of {MODEL_SIZES}", config.model.size)
     _check(isinstance(config.model.overrides, dict), "model.overrides", "a mapping", config.model.overrides)
     _check(_is_int(config.ofg.steps) and config.ofg.steps >= 0, "ofg.steps", "an integer >= 0", config.ofg.steps)

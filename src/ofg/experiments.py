@@ -11,15 +11,17 @@ Dice of the OFG optimiser's field step by step:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ofg import metrics
-from ofg.guidance import refine
+from ofg.data import open_dataset
+from ofg.guidance import RefineSettings, refine
+from ofg.inference import as_field, check_label_mode, mean_dice, pair_tensors, predict
+from ofg.io import atomic_path
 from ofg.models import build_model
 
 STARTS = ("untrained", "random")
@@ -58,28 +60,27 @@ def randomize_parameters(model: torch.nn.Module, x: torch.Tensor, rms: float = 2
 
 
 def refinement_curve(dataset: Any, model_name: str, model_size: str = "small", *, start: str = "untrained",
-                     steps: int = 10, lr: float = 0.1, reg_weight: float = 1.0, n_pairs: int = 5,
-                     split: str = "test", seed: int = 0, device: str | torch.device | None = None,
-                     label_mode: str = "onehot", window: int = 9, random_rms: float = 2.0,
-                     progress: bool = True) -> pd.DataFrame:
-    """Dice and energy of the OFG optimiser's field after 0..``steps`` steps, for ``n_pairs`` pairs.
+                     settings: RefineSettings | None = None, n_pairs: int = 5, split: str = "test", seed: int = 0,
+                     device: str | torch.device | None = None, label_mode: str = "onehot",
+                     random_rms: float = 2.0, progress: bool = True) -> pd.DataFrame:
+    """Dice and energy of the OFG optimiser's field after 0..k steps (``settings``), for ``n_pairs`` pairs.
 
     The network ``model_name`` (``model_size``) is built with ``torch.manual_seed(seed)``; with
     ``start="random"`` its parameters are re-drawn (calibrated on the first pair, see
     :func:`randomize_parameters`). For each of the first ``n_pairs`` pairs of ``split`` it predicts
-    φ₀ once, and the row of step k holds the mean Dice (over the dataset's labels, label warping
-    ``label_mode``) and the energy NCC + reg_weight·Grad of the field after k Adam steps.
-
-    One refinement of ``steps`` steps runs per pair; its per-step callback scores each iterate.
-    Labels are warped with all their classes (one-hot, or nearest) and Dice is taken over the
-    dataset's labels. Returns a DataFrame with columns ``COLUMNS``.
+    φ₀ once, and the row of step k holds the mean Dice (over the dataset's labels, every class
+    warped by ``label_mode``, see :func:`ofg.inference.mean_dice`) and the energy
+    NCC(window) + reg_weight·Grad of the field after k Adam steps: one refinement per pair, whose
+    per-step callback scores each iterate. Returns a DataFrame with columns ``COLUMNS``.
     """
+    settings = settings if settings is not None else RefineSettings()
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    if not isinstance(settings.steps, int) or settings.steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {settings.steps!r}")
     if not isinstance(n_pairs, int) or n_pairs < 1:
         raise ValueError(f"n_pairs must be a positive integer, got {n_pairs!r}")
+    check_label_mode(label_mode)
     device = torch.device(device) if device is not None else torch.device("cpu")
     pairs = dataset.pairs(split)
     count = min(n_pairs, len(pairs))
@@ -92,23 +93,31 @@ def refinement_curve(dataset: Any, model_name: str, model_size: str = "small", *
     rows = []
     for index in tqdm(range(count), desc=f"refinement curve ({start})", disable=not progress, leave=False):
         pair = pairs[index]
-        moving = torch.from_numpy(np.ascontiguousarray(pair.moving, dtype=np.float32))[None, None]
-        fixed = torch.from_numpy(np.ascontiguousarray(pair.fixed, dtype=np.float32))[None, None]
-        x = torch.cat([moving, fixed], dim=1)
+        moving, fixed = pair_tensors(pair, "cpu")
         if start == "random" and index == 0:
-            randomize_parameters(model, x, rms=random_rms, generator=generator)
+            randomize_parameters(model, torch.cat([moving, fixed], dim=1), rms=random_rms, generator=generator)
         model.to(device).eval()
         moving, fixed = moving.to(device), fixed.to(device)
-        with torch.no_grad():
-            _, disp0 = model(x.to(device))
-        def record(k: int, disp: torch.Tensor, energy: float, index: int = index) -> None:
-            field = disp[0].cpu().double().numpy()
-            warped = metrics.warp_labels(pair.moving_label, field, None, mode=label_mode)
-            scores = metrics.dice(warped, pair.fixed_label, labels)
-            rows.append({"start": start, "pair": index, "step": k,
-                         "dice": float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan"),
-                         "energy": energy})
+        disp0, _ = predict(model, moving, fixed)
 
-        refine(moving, fixed, disp0.float(), steps=steps, lr=lr, reg_weight=reg_weight, window=window,
-               callback=record)
+        def record(k: int, disp: torch.Tensor, energy: float, index: int = index) -> None:
+            dice, _, _ = mean_dice(as_field(disp), pair.moving_label, pair.fixed_label, labels, label_mode)
+            rows.append({"start": start, "pair": index, "step": k, "dice": dice, "energy": energy})
+
+        refine(moving, fixed, disp0, callback=record, **settings.kwargs())
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def run_refinement(params: Mapping[str, Any]) -> pd.DataFrame:
+    """The refinement experiment of notebook 04: :func:`refinement_curve` for every start in ``params``
+    (:func:`ofg.plan.refinement_parameters`), written to ``params["out"]`` as CSV, atomically."""
+    dataset = open_dataset(params["dataset_name"], params["root"], **params["options"])
+    settings = RefineSettings(**params["settings"])
+    frames = [refinement_curve(dataset, params["model_name"], params["model_size"], start=start, settings=settings,
+                               n_pairs=params["n_pairs"], split=params["split"], seed=params["seed"],
+                               device=params["device"], label_mode=params["label_mode"], progress=False)
+              for start in params["starts"]]
+    table = pd.concat(frames, ignore_index=True)
+    with atomic_path(params["out"]) as tmp:
+        table.to_csv(tmp, index=False)
+    return table

@@ -1,7 +1,7 @@
 """On-the-fly guidance (OFG): refine a predicted displacement with a few optimiser steps and
 use the refined field as the network's regression target.
 
-Reference semantics (PAPER.md): starting from a detached copy of the prediction, take ``steps``
+Reference semantics: starting from a detached copy of the prediction, take ``steps``
 Adam(amsgrad) steps on E(φ) = NCC(fixed, moving∘φ) + reg_weight·Grad_l2(φ), with a fresh
 optimiser state for every call; the model loss is MSE(φ_pred, φ_opt).
 """
@@ -9,7 +9,8 @@ optimiser state for every call; the model loss is MSE(φ_pred, φ_opt).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,25 @@ from torch import nn
 from ofg.losses import FixedImageNCC
 from ofg.spatial import _normalised_identity, grid_sample_parallel
 from ofg.validation import check_displacement, check_image
+
+
+@dataclass
+class RefineSettings:
+    """The refinement optimiser: ``steps`` Adam(amsgrad) steps at learning rate ``lr`` on the energy
+    NCC(fixed, moving∘φ) + ``reg_weight``·Grad_l2(φ), NCC over cubic windows of ``window`` voxels.
+
+    One object serves OFG training (:class:`OFGLoss`, the config's ``ofg`` section), the offline
+    refinement of optimised self-training, the refinement curve and test-time refinement.
+    """
+
+    steps: int = 10
+    lr: float = 0.1
+    reg_weight: float = 1.0
+    window: int = 9
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`refine`."""
+        return asdict(self)
 
 
 def _check_inputs(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor) -> None:
@@ -190,6 +210,10 @@ class OFGLoss(nn.Module):
         self.last_refine_seconds = time.perf_counter() - start
         self.last_energies = energies
         return F.mse_loss(disp_pred, disp_opt)
+
+    @classmethod
+    def from_settings(cls, settings: RefineSettings) -> "OFGLoss":
+        return cls(**settings.kwargs())
 
     def extra_repr(self) -> str:
         return f"steps={self.steps}, lr={self.lr}, reg_weight={self.reg_weight}, window={self.window}"

@@ -134,3 +134,17 @@ def resize_displacement(disp: torch.Tensor, size: Sequence[int]) -> torch.Tensor
     factors = [(m - 1) / (n - 1) if n > 1 else 1.0 for m, n in zip(size, disp.shape[2:])]
     scale = torch.tensor(factors, device=disp.device, dtype=disp.dtype).view(1, ndim, *([1] * ndim))
     return resized * scale
+
+
+def flip_field(disp: torch.Tensor, axes: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """The displacement (B,3,D,H,W) of the same warp seen through flips of spatial ``axes`` (0..2).
+
+    If the images are flipped along axis a, the field is flipped along a and its component a
+    changes sign.
+    """
+    if not axes:
+        return disp
+    out = disp.flip([a + 2 for a in axes])
+    sign = torch.ones(disp.shape[1], device=disp.device, dtype=disp.dtype)
+    sign[list(axes)] = -1
+    return out * sign.view(1, -1, *([1] * (disp.ndim - 2)))

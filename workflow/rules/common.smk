@@ -1,23 +1,27 @@
-# Shared setup: config checks, the plan (ofg.workflow) and the papermill command.
+# Shared setup: config checks, the plan (ofg.plan), the layout (ofg.layout) and the papermill command.
 import json
+import re
 from pathlib import Path
 
+from ofg import plan as ofg_plan
 from ofg import report as ofg_report
-from ofg import workflow as wf
+from ofg.config import TEACHER_METHODS
+from ofg.data import EMBEDDED
+from ofg.layout import WILDCARDS, Layout, notebook_source
 
 
 try:
-    wf.check_config(config)
+    ofg_plan.check_config(config)
 except ValueError as error:
     raise WorkflowError(f"Invalid workflow config: {error}") from None
 
 
-R = str(wf.results_dir(config))
-RUNS = wf.training_runs(config)
-PLAN = wf.report_plan(config)
-REPORT_OUTPUTS = [str(p) for p in ofg_report.output_paths(PLAN)]
+LAYOUT = Layout(config["results"])
+RUNS = ofg_plan.training_runs(config)
+PLAN = ofg_plan.report_plan(config)
+OUTPUTS = ofg_report.outputs(PLAN)
 ENV = "../../envs/ofg.yaml"
-NOTEBOOKS = Path(workflow.basedir) / "notebooks"
+CAPTIONS = "../report"
 # ofg is importable from the source tree in a --use-conda env (conda copies env files, so a relative
 # `pip install -e` in the env file cannot find the repository).
 # Threads go to the notebooks with -p, not in params: a different --cores must not trigger re-runs.
@@ -27,21 +31,28 @@ PAPERMILL = (
 )
 
 
+def alternatives(values):
+    return "|".join(re.escape(str(v)) for v in sorted(set(values))) or "(?!)"
+
+
 wildcard_constraints:
-    dataset="[a-z]+(-[a-z]+)?",
-    model="[a-z]+",
-    run="unsupervised|self_training|opt_self_training|ofg-k[0-9]+",
+    dataset=alternatives(config["datasets"]),
+    model=alternatives(m for entry in config["datasets"].values() for m in entry["models"]),
+    run=alternatives(run.id for run in RUNS),
 
 
-def as_run(wildcards):
-    return wf.Run(wildcards.dataset, wildcards.model, wildcards.run)
+def notebook(stage):
+    return notebook_source(workflow.basedir, stage)
+
+
+def run_of(wildcards):
+    """The plan's run behind a job's wildcards (a look-up, never a parse)."""
+    return ofg_plan.find_run(config, (wildcards.dataset, wildcards.model, wildcards.run))
 
 
 def data_input(dataset):
     """The prepared cohort's manifest for embedded data; nothing for a user's real data root."""
-    if dataset in wf.EMBEDDED:
-        return [f"{R}/data/{dataset}/manifest.json"]
-    return []
+    return [str(LAYOUT.manifest(dataset))] if dataset in EMBEDDED else []
 
 
 def parameters(value):
@@ -49,27 +60,24 @@ def parameters(value):
 
 
 def train_inputs(wildcards):
-    inputs = {"data": data_input(wildcards.dataset)}
-    if wildcards.run in ("self_training", "opt_self_training"):
-        inputs["teacher"] = f"{R}/runs/{wildcards.dataset}/{wildcards.model}/unsupervised/summary.json"
+    run = run_of(wildcards)
+    inputs = {"data": data_input(run.dataset)}
+    if run.method in TEACHER_METHODS:
+        inputs["teacher"] = str(LAYOUT.run(run.teacher().key).summary)
     return inputs
 
 
-CAPTIONS = "../report"
-
-
-def reported(paths):
-    """Flag the CSV tables and PNG figures for the HTML report, with the caption of their kind."""
+def reported(records):
+    """The report's outputs, the CSV tables and PNG figures flagged for the HTML report with the
+    caption of their kind."""
     flagged = []
-    for path in paths:
-        stem, suffix = Path(path).stem, Path(path).suffix
-        if suffix == ".csv":
-            flagged.append(report(path, caption=f"{CAPTIONS}/table_{stem}.rst", category="Tables"))
-        elif suffix == ".png":
-            kind = next(k for k in ("training_curves", "ablation", "refinement", "structure_dice", "qualitative")
-                        if stem.startswith(k))
-            flagged.append(report(path, caption=f"{CAPTIONS}/figure_{kind}.rst", category="Figures",
-                                  subcategory=kind.replace("_", " ")))
-        else:
-            flagged.append(path)
+    for record in records:
+        for path in map(str, record.paths):
+            if record.category == "table" and path.endswith(".csv"):
+                flagged.append(report(path, caption=f"{CAPTIONS}/table_{record.kind}.rst", category="Tables"))
+            elif record.category == "figure" and path.endswith(".png"):
+                flagged.append(report(path, caption=f"{CAPTIONS}/figure_{record.kind}.rst", category="Figures",
+                                      subcategory=record.kind.replace("_", " ")))
+            else:
+                flagged.append(path)
     return flagged

@@ -3,11 +3,11 @@
 
 rule prepare_data:
     output:
-        manifest=f"{R}/data/{{dataset}}/manifest.json",
+        manifest=LAYOUT.manifest("{dataset}"),
     log:
-        notebook=f"{R}/notebooks/01_prepare_data/{{dataset}}.ipynb",
+        notebook=LAYOUT.notebook("prepare", "{dataset}"),
     params:
-        parameters=lambda wc: parameters(wf.prepare_parameters(config, wc.dataset)),
+        parameters=lambda wc: parameters(ofg_plan.prepare_parameters(config, wc.dataset)),
     threads: config["threads"]["prepare"]
     resources:
         mem_mb=4000,
@@ -15,4 +15,4 @@ rule prepare_data:
     conda:
         ENV
     shell:
-        PAPERMILL + f" {NOTEBOOKS}/01_prepare_data.ipynb {{log.notebook}} -y {{params.parameters:q}}"
+        PAPERMILL + f" {notebook('prepare')} {{log.notebook}} -y {{params.parameters:q}}"

@@ -1,18 +1,18 @@
 # The optimiser-refinement experiment (paper Fig. 2). The self-training comparison and the step
-# ablation are training runs (rule train); ofg.workflow.training_runs lists them without duplicates.
+# ablation are training runs (rule train); ofg.plan.training_runs lists them without duplicates.
 
 
 rule refinement:
     input:
         data=lambda wc: data_input(wc.dataset),
     output:
-        curves=f"{R}/refinement/{{dataset}}.csv",
+        curves=LAYOUT.refinement("{dataset}"),
     log:
-        notebook=f"{R}/notebooks/04_refinement/{{dataset}}.ipynb",
+        notebook=LAYOUT.notebook("refinement", "{dataset}"),
     benchmark:
-        f"{R}/benchmarks/refinement/{{dataset}}.tsv"
+        LAYOUT.benchmark("refinement", "{dataset}")
     params:
-        parameters=lambda wc: parameters(wf.refinement_parameters(config, wc.dataset)),
+        parameters=lambda wc: parameters(ofg_plan.refinement_parameters(config, wc.dataset)),
     threads: config["threads"]["refinement"]
     resources:
         gpu=config["gpus_per_training"],
@@ -21,4 +21,4 @@ rule refinement:
     conda:
         ENV
     shell:
-        PAPERMILL + f" {NOTEBOOKS}/04_refinement.ipynb {{log.notebook}} -y {{params.parameters:q}} -p threads {{threads}}"
+        PAPERMILL + f" {notebook('refinement')} {{log.notebook}} -y {{params.parameters:q}} -p threads {{threads}}"

@@ -1,15 +1,17 @@
 # Tables and figures of every run; each output is flagged for `snakemake --report`.
 
+
 rule tables_and_figures:
     input:
-        metrics=[str(wf.metrics_path(config, run)) for run in RUNS],
-        runs=[f"{R}/runs/{r.dataset}/{r.model}/{r.run}/summary.json" for r in RUNS],
-        benchmarks=[f"{R}/benchmarks/train/{r.dataset}/{r.model}/{r.run}.tsv" for r in RUNS],
-        refinement=[f"{R}/refinement/{d}.csv" for d in config["refinement"]["datasets"]],
+        metrics=expand(rules.evaluate.output.metrics, zip, **ofg_plan.wildcard_lists(RUNS)),
+        samples=expand(rules.evaluate.output.sample, zip, **ofg_plan.wildcard_lists(RUNS)),
+        runs=expand(rules.train.output.summary, zip, **ofg_plan.wildcard_lists(RUNS)),
+        benchmarks=[str(LAYOUT.benchmark("train", *run.key)) for run in RUNS],
+        refinement=expand(rules.refinement.output.curves, dataset=config["refinement"]["datasets"]),
     output:
-        reported(REPORT_OUTPUTS),
+        reported(OUTPUTS),
     log:
-        notebook=f"{R}/notebooks/05_tables_figures.ipynb",
+        notebook=LAYOUT.notebook("report"),
     params:
         parameters=parameters({"plan": PLAN, "progress": False}),
     threads: config["threads"]["report"]
@@ -19,4 +21,4 @@ rule tables_and_figures:
     conda:
         ENV
     shell:
-        PAPERMILL + f" {NOTEBOOKS}/05_tables_figures.ipynb {{log.notebook}} -y {{params.parameters:q}}"
+        PAPERMILL + f" {notebook('report')} {{log.notebook}} -y {{params.parameters:q}}"

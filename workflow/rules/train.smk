@@ -7,20 +7,13 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        summary=f"{R}/runs/{{dataset}}/{{model}}/{{run}}/summary.json",
+        summary=LAYOUT.run(WILDCARDS).summary,
     log:
-        notebook=f"{R}/notebooks/02_train/{{dataset}}/{{model}}/{{run}}.ipynb",
+        notebook=LAYOUT.notebook("train", *WILDCARDS),
     benchmark:
-        f"{R}/benchmarks/train/{{dataset}}/{{model}}/{{run}}.tsv"
+        LAYOUT.benchmark("train", *WILDCARDS)
     params:
-        parameters=lambda wc: parameters(
-            {
-                "run_config": wf.run_config(config, as_run(wc)),
-                "out_dir": str(wf.run_dir(config, as_run(wc))),
-                "image_size": config["datasets"][wc.dataset].get("image_size"),
-                "progress": False,
-            }
-        ),
+        parameters=lambda wc: parameters(ofg_plan.train_parameters(config, run_of(wc))),
     threads: config["threads"]["train"]
     resources:
         gpu=config["gpus_per_training"],
@@ -29,20 +22,21 @@ rule train:
     conda:
         ENV
     shell:
-        PAPERMILL + f" {NOTEBOOKS}/02_train.ipynb {{log.notebook}} -y {{params.parameters:q}} -p threads {{threads}}"
+        PAPERMILL + f" {notebook('train')} {{log.notebook}} -y {{params.parameters:q}} -p threads {{threads}}"
 
 
 rule evaluate:
     input:
-        summary=f"{R}/runs/{{dataset}}/{{model}}/{{run}}/summary.json",
+        summary=rules.train.output.summary,
     output:
-        metrics=f"{R}/metrics/{{dataset}}/{{model}}/{{run}}.csv",
+        metrics=LAYOUT.metrics(WILDCARDS),
+        sample=LAYOUT.sample(WILDCARDS),
     log:
-        notebook=f"{R}/notebooks/03_evaluate/{{dataset}}/{{model}}/{{run}}.ipynb",
+        notebook=LAYOUT.notebook("evaluate", *WILDCARDS),
     benchmark:
-        f"{R}/benchmarks/evaluate/{{dataset}}/{{model}}/{{run}}.tsv"
+        LAYOUT.benchmark("evaluate", *WILDCARDS)
     params:
-        parameters=lambda wc: parameters(wf.evaluate_parameters(config, as_run(wc))),
+        parameters=lambda wc: parameters(ofg_plan.evaluate_parameters(config, run_of(wc))),
     threads: config["threads"]["evaluate"]
     resources:
         gpu=config["gpus_per_training"],
@@ -51,4 +45,4 @@ rule evaluate:
     conda:
         ENV
     shell:
-        PAPERMILL + f" {NOTEBOOKS}/03_evaluate.ipynb {{log.notebook}} -y {{params.parameters:q}} -p threads {{threads}}"
+        PAPERMILL + f" {notebook('evaluate')} {{log.notebook}} -y {{params.parameters:q}} -p threads {{threads}}"

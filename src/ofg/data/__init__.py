@@ -23,6 +23,10 @@ DATASETS: dict[str, str] = {
     "embedded-brain": "ofg.data.cohort:open_embedded_brain",
     "embedded-ct": "ofg.data.cohort:open_embedded_ct",
 }
+#: embedded cohorts (prepared by the workflow from packaged anatomy) -> their kind in ofg.data.embedded
+EMBEDDED: dict[str, str] = {"embedded-brain": "brain", "embedded-ct": "ct"}
+#: the paper's real datasets, read from a user's folder as they are
+REAL: tuple[str, ...] = tuple(name for name in DATASETS if name not in EMBEDDED)
 
 
 def open_dataset(name: str, root: str | Path, **options) -> RegistrationDataset:
@@ -35,6 +39,6 @@ def open_dataset(name: str, root: str | Path, **options) -> RegistrationDataset:
 
 
 __all__ = [
-    "DATASETS", "SPLITS", "Pair", "PairDataset", "PairList", "RegistrationDataset", "check_image_size",
+    "DATASETS", "EMBEDDED", "REAL", "SPLITS", "Pair", "PairDataset", "PairList", "RegistrationDataset", "check_image_size",
     "open_dataset",
 ]

@@ -1,0 +1,268 @@
+"""The plan: which runs, evaluations and experiments a workflow config asks for, with their parameters.
+
+Pure functions of the workflow config (a mapping validated against ``config/schema.yaml``): nothing
+here reads or writes a file. The Snakefile, the notebooks and :mod:`ofg.runner` share them, so a
+notebook run alone and a rule run by Snakemake use the same paths (:mod:`ofg.layout`) and settings.
+
+A :class:`Run` is one training run. Its id names the method and, for OFG, the number of optimiser
+steps: ``unsupervised``, ``ofg-k10``, ``self_training``, ``opt_self_training``. OFG with k = 0 steps
+is the unsupervised baseline, so the step ablation's k = 0 and its k = ``ofg.steps`` reuse the main
+runs: nothing is trained twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ofg.config import TEACHER_METHODS, RunConfig
+from ofg.data import EMBEDDED, REAL
+from ofg.layout import Layout, RunKey
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: ``method`` of :data:`ofg.config.METHODS`; ``steps`` only for ``ofg``."""
+
+    dataset: str
+    model: str
+    method: str
+    steps: int | None = None
+
+    @property
+    def id(self) -> str:
+        return run_id(self.method, self.steps)
+
+    @property
+    def key(self) -> RunKey:
+        return RunKey(self.dataset, self.model, self.id)
+
+    def teacher(self) -> "Run":
+        """The run whose best checkpoint teaches a self-training run: the unsupervised one."""
+        return Run(self.dataset, self.model, "unsupervised")
+
+
+def run_id(method: str, steps: int | None = None) -> str:
+    """The id of a run of ``method`` (with ``steps`` for OFG): a folder and file name of the layout."""
+    return method if steps is None else f"ofg-k{steps}"
+
+
+def ofg_run_id(steps: int) -> str:
+    """Run id of OFG with ``steps`` optimiser steps; k = 0 is the unsupervised baseline."""
+    return run_id("unsupervised") if int(steps) == 0 else run_id("ofg", int(steps))
+
+
+def ofg_run(dataset: str, model: str, steps: int) -> Run:
+    """OFG with ``steps`` optimiser steps; k = 0 is the unsupervised baseline."""
+    return Run(dataset, model, "unsupervised") if int(steps) == 0 else Run(dataset, model, "ofg", int(steps))
+
+
+def layout(config: Mapping[str, Any]) -> Layout:
+    return Layout(config["results"])
+
+
+# ---------------------------------------------------------------- config checks beyond the schema
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Cross-field checks the JSON schema cannot express; raise a ValueError naming the config key."""
+    datasets = config["datasets"]
+    for name, entry in datasets.items():
+        if name not in EMBEDDED and name not in REAL:
+            raise ValueError(f"config datasets.{name}: unknown dataset; valid: {', '.join([*EMBEDDED, *REAL])}")
+        if name in REAL and not entry.get("root"):
+            raise ValueError(f"config datasets.{name}.root: set it to the folder holding the {name} data "
+                             "(README.md, 'Running on real data'): copy config/paper.yaml, fill in the roots "
+                             "and pass the copy with --configfile")
+        if name in REAL and not Path(entry["root"]).is_dir():
+            raise ValueError(f"config datasets.{name}.root: {entry['root']!r} is not a folder")
+        if name in EMBEDDED and entry.get("root"):
+            raise ValueError(f"config datasets.{name}.root: embedded cohorts are prepared by the workflow "
+                             f"under <results>/data/{name}; remove the root (got {entry['root']!r})")
+    for experiment in ("self_training", "ablation", "refinement"):
+        section = config[experiment]
+        for name in section["datasets"]:
+            if name not in datasets:
+                raise ValueError(f"config {experiment}.datasets: {name!r} is not among the configured datasets "
+                                 f"({', '.join(datasets)})")
+            models = section["models"] if "models" in section else [section["model"]]
+            for model in models:
+                if model not in datasets[name]["models"]:
+                    raise ValueError(f"config {experiment}: model {model!r} is not trained on {name!r} "
+                                     f"(datasets.{name}.models = {datasets[name]['models']})")
+
+
+# ---------------------------------------------------------------- what to run
+
+
+def _pairs(section: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [(d, m) for d in section["datasets"] for m in section["models"]]
+
+
+def training_runs(config: Mapping[str, Any]) -> list[Run]:
+    """Every training run of the plan, each once, sorted by (dataset, model, run id)."""
+    runs: set[Run] = set()
+    steps = config["ofg"]["steps"]
+    for name, entry in config["datasets"].items():
+        for model in entry["models"]:
+            runs |= {Run(name, model, "unsupervised"), ofg_run(name, model, steps)}
+    for name, model in _pairs(config["self_training"]):
+        runs |= {Run(name, model, m) for m in ("unsupervised", *TEACHER_METHODS)} | {ofg_run(name, model, steps)}
+    for name, model in _pairs(config["ablation"]):
+        runs |= {ofg_run(name, model, k) for k in [0, *config["ablation"]["steps"]]}
+    return sorted(runs, key=lambda run: run.key)
+
+
+def find_run(config: Mapping[str, Any], key: RunKey) -> Run:
+    """The run of the plan stored under ``key`` (e.g. from Snakemake's wildcards); KeyError if none."""
+    runs = {run.key: run for run in training_runs(config)}
+    if tuple(key) not in runs:
+        raise KeyError(f"no training run {'/'.join(key)} in this workflow config")
+    return runs[RunKey(*key)]
+
+
+def wildcard_lists(runs: list[Run]) -> dict[str, list[str]]:
+    """{"dataset": [...], "model": [...], "run": [...]} of ``runs``, for Snakemake's ``expand(..., zip)``."""
+    return {name: [getattr(run.key, name) for run in runs] for name in RunKey._fields}
+
+
+def data_root(config: Mapping[str, Any], dataset: str) -> Path:
+    """Folder of ``dataset``: the prepared cohort for embedded data, the user's root for real data."""
+    if dataset in EMBEDDED:
+        return layout(config).data(dataset)
+    return Path(config["datasets"][dataset]["root"])
+
+
+# ---------------------------------------------------------------- parameters of each stage
+
+
+def prepare_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """Notebook 01's parameters for an embedded ``dataset``."""
+    if dataset not in EMBEDDED:
+        raise ValueError(f"dataset {dataset!r} needs no preparation; only {', '.join(EMBEDDED)} do")
+    options = dict(config["datasets"][dataset].get("prepare", {}))
+    return {"kind": EMBEDDED[dataset], "out_dir": str(data_root(config, dataset)),
+            "options": options, "cache_dir": config.get("cache_dir"), "progress": False}
+
+
+def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
+    """The run config (see :mod:`ofg.config`) of ``run``, validated; the teacher of a self-training run
+    is the best checkpoint of the same dataset and model's unsupervised run."""
+    entry = config["datasets"][run.dataset]
+    train = config["training"]
+    ofg = dict(config["ofg"])
+    if run.steps is not None:
+        ofg["steps"] = run.steps
+    out: dict[str, Any] = {
+        "dataset": {"name": run.dataset, "root": str(data_root(config, run.dataset)),
+                    "options": dict(entry.get("options", {}))},
+        "model": {"name": run.model, "size": config["model_size"]},
+        "method": run.method,
+        "ofg": ofg,
+        "loss": dict(train["loss"]),
+        "device": config["device"],
+        "teacher": None,
+    }
+    for key in ("epochs", "iterations_per_epoch", "val_pairs", "lr", "seed", "compile", "amp", "num_workers"):
+        out[key] = train[key]
+    for key in ("bidirectional", "augment_flips"):
+        out[key] = entry.get(key)
+    if run.method in TEACHER_METHODS:
+        out["teacher"] = str(layout(config).run(run.teacher().key).best)
+    RunConfig.from_dict(out)  # raises a ValueError naming the key
+    return out
+
+
+def train_parameters(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
+    """Notebook 02's parameters for ``run``."""
+    return {"run_config": run_config(config, run), "out_dir": str(layout(config).run(run.key).path),
+            "image_size": config["datasets"][run.dataset].get("image_size"), "progress": False}
+
+
+def evaluate_parameters(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
+    """Notebook 03's parameters for ``run``."""
+    evaluation, paths = config["evaluation"], layout(config)
+    return {"checkpoint": str(paths.run(run.key).best), "out": str(paths.metrics(run.key)),
+            "sample_out": str(paths.sample(run.key)), "split": evaluation["split"],
+            "hd95": evaluation["hd95"], "label_mode": evaluation["label_mode"],
+            "device": config["device"], "progress": False}
+
+
+def refinement_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """Notebook 04's parameters for ``dataset``: the refinement settings are those of the OFG energy
+    (window ``ofg.window``) with the section's steps, lr and weight; Dice as the evaluation's."""
+    section = config["refinement"]
+    settings = {"steps": section["steps"], "lr": section["lr"], "reg_weight": section["reg_weight"],
+                "window": config["ofg"]["window"]}
+    return {"dataset_name": dataset, "root": str(data_root(config, dataset)),
+            "options": dict(config["datasets"][dataset].get("options", {})),
+            "model_name": section["model"], "model_size": config["model_size"], "starts": list(section["starts"]),
+            "settings": settings, "label_mode": config["evaluation"]["label_mode"],
+            "n_pairs": section["n_pairs"], "split": section["split"], "seed": section["seed"],
+            "device": config["device"], "out": str(layout(config).refinement(dataset))}
+
+
+def _run_record(run: Run) -> dict[str, Any]:
+    return {"dataset": run.dataset, "model": run.model, "run": run.id, "method": run.method, "steps": run.steps}
+
+
+def report_plan(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything :func:`ofg.report.make_report` needs to know about the plan (plain, YAML-safe)."""
+    steps = int(config["ofg"]["steps"])
+    pairs = [[name, model] for name, entry in config["datasets"].items() for model in entry["models"]]
+    ablation_steps = sorted({0, *config["ablation"]["steps"]})
+    return {
+        "results": str(layout(config).root),
+        "main_run": ofg_run_id(steps),
+        "main_steps": steps,
+        "runs": [_run_record(run) for run in training_runs(config)],
+        "main": pairs,
+        "self_training": [list(p) for p in _pairs(config["self_training"])],
+        "ablation": {"steps": ablation_steps, "runs": [[k, ofg_run_id(k)] for k in ablation_steps],
+                     "pairs": [list(p) for p in _pairs(config["ablation"])]},
+        "refinement": list(config["refinement"]["datasets"]),
+        "qualitative": pairs,
+        "embedded": any(name in EMBEDDED for name in config["datasets"]),
+        "label_mode": config["evaluation"]["label_mode"],
+        "split": config["evaluation"]["split"],
+        "device": config["device"],
+    }
+
+
+# ---------------------------------------------------------------- notebooks run alone
+
+
+def standalone_dir() -> Path:
+    """Work folder of notebooks run alone with their default parameters (a temp folder)."""
+    return Path(tempfile.gettempdir()) / "ofg-standalone"
+
+
+def tiny_config(results: str | Path | None = None) -> dict[str, Any]:
+    """A tiny workflow config rooted at ``results`` (default :func:`standalone_dir`): the tiny embedded
+    brain cohort, one model, one epoch of two iterations, two training runs. The notebooks use it when
+    run alone; ``config/tiny.yaml`` is the workflow's (larger) CI config."""
+    results = Path(results) if results is not None else standalone_dir()
+    return copy.deepcopy({
+        "results": str(results), "cache_dir": None, "device": "cpu", "model_size": "small",
+        "datasets": {"embedded-brain": {"prepare": {"preset": "tiny", "seed": 0}, "options": {},
+                                        "models": ["voxelmorph"]}},
+        "training": {"epochs": 1, "iterations_per_epoch": 2, "val_pairs": 1, "lr": 1.0e-4, "seed": 0,
+                     "compile": False, "amp": False, "num_workers": 0,
+                     "loss": {"ncc_weight": 1.0, "mse_weight": 1.0, "diffusion_weight": None}},
+        "ofg": {"steps": 2, "lr": 0.1, "reg_weight": 1.0, "window": 9},
+        "evaluation": {"split": "test", "hd95": False, "label_mode": "onehot"},
+        # the ablation reuses the two main runs (k=0, k=2); no self-training: two trainings in all
+        "self_training": {"datasets": [], "models": []},
+        "ablation": {"steps": [2], "datasets": ["embedded-brain"], "models": ["voxelmorph"]},
+        "refinement": {"datasets": ["embedded-brain"], "model": "voxelmorph", "starts": ["untrained", "random"],
+                       "steps": 3, "lr": 0.1, "reg_weight": 1.0, "n_pairs": 1, "split": "test", "seed": 0},
+    })
+
+
+def demo_run(config: Mapping[str, Any]) -> Run:
+    """The run a notebook run alone shows: OFG on the first dataset and model of ``config``."""
+    dataset, entry = next(iter(config["datasets"].items()))
+    return ofg_run(dataset, entry["models"][0], config["ofg"]["steps"])

@@ -1,0 +1,89 @@
+"""Reading the workflow's result files for the report (paths from :mod:`ofg.layout`)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ofg.io import DataError
+from ofg.layout import Layout, RunKey
+
+#: columns of a metrics file that are not pair keys
+METRIC_PREFIXES = ("dice_", "folding_percent", "sdlogj", "hd95", "endpoint_error", "inference_seconds",
+                   "label_mode")
+PAIR_KEYS = ("split", "pair_index", "moving", "fixed")
+
+
+def _key(run: Mapping[str, Any]) -> RunKey:
+    return RunKey(run["dataset"], run["model"], run["run"])
+
+
+def _read_csv(path: Path, what: str, **kwargs: Any) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: missing {what}; run the workflow stage that writes it first")
+    return pd.read_csv(path, **kwargs)
+
+
+def load_metrics(results: str | Path, runs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Concatenated per-pair metrics of ``runs`` (run records of :func:`ofg.plan.report_plan`), with the
+    run's dataset, model, run id, method and steps added as columns."""
+    layout, frames = Layout(results), []
+    for run in runs:
+        frame = _read_csv(layout.metrics(_key(run)), "metrics file")
+        frames.append(frame.assign(dataset=run["dataset"], model=run["model"], run=run["run"], method=run["method"],
+                                   steps=run["steps"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_history(results: str | Path, run: Mapping[str, Any]) -> pd.DataFrame:
+    """history.csv of one run (one row per epoch)."""
+    return _read_csv(Layout(results).run(_key(run)).history, "training history")
+
+
+def load_benchmark(results: str | Path, stage: str, run: Mapping[str, Any]) -> dict[str, float]:
+    """Snakemake's benchmark TSV of one job (wall seconds ``s``, ``max_rss`` MB, ...); {} if absent."""
+    path = Layout(results).benchmark(stage, *_key(run))
+    if not path.exists():
+        return {}
+    row = pd.read_csv(path, sep="\t").iloc[-1]
+    return {k: _float(v) for k, v in row.items() if k != "h:m:s"}
+
+
+def load_sample(results: str | Path, run: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The qualitative sample an evaluation wrote (see :func:`ofg.inference.qualitative_sample`)."""
+    path = Layout(results).sample(_key(run))
+    if not path.is_file():
+        raise DataError(f"{path}: missing qualitative sample; run the evaluation that writes it first")
+    with np.load(path) as data:
+        return {name: data[name] for name in data.files}
+
+
+def load_refinement(results: str | Path, dataset: str) -> pd.DataFrame:
+    """The refinement curves of ``dataset``."""
+    return _read_csv(Layout(results).refinement(dataset), "refinement curves")
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def pair_key_columns(frame: pd.DataFrame) -> list[str]:
+    """Columns of a metrics file that identify the pair: ``PAIR_KEYS`` when present, else every column
+    that is neither a metric nor a run label."""
+    if set(PAIR_KEYS) <= set(frame.columns):
+        return list(PAIR_KEYS)
+    labels = {"dataset", "model", "run", "method", "steps", "checkpoint"}
+    return [c for c in frame.columns if c not in labels and not c.startswith(METRIC_PREFIXES)
+            and not c.startswith("refine")]
+
+
+def structure_columns(frame: pd.DataFrame) -> list[str]:
+    """Per-structure Dice columns (``dice_<label>``), without ``dice_mean``."""
+    return [c for c in frame.columns if c.startswith("dice_") and c != "dice_mean"]

@@ -1,0 +1,106 @@
+"""Rendering tables: human-readable columns, Markdown and LaTeX, captions stating the conventions.
+
+Conventions stated in every caption: Dice "± over pairs" is the std of the per-pair mean Dice;
+"± over structures × pairs" is the std over every (structure, pair) Dice (TransMorph's convention).
+%|J|≤0 uses ``np.gradient`` of identity + displacement over the whole volume; SDlogJ is the
+Learn2Reg formula; HD95 is in voxels (and mm where the spacing is known).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ofg.io import atomic_path, write_text_atomic
+
+EMBEDDED_CAVEAT = ("Embedded data: one real anatomy per modality with known synthetic deformations, "
+                   "a proxy for inter-subject variability; not comparable with published numbers.")
+
+
+def _pm(mean: float, std: float, digits: int = 3) -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" if not np.isfinite(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _num(value: float, digits: int = 3) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
+
+
+def display_metrics(table: pd.DataFrame) -> pd.DataFrame:
+    """Human-readable columns (mean ± std) of a table built from :func:`summarize_run` rows."""
+    out = pd.DataFrame()
+    for column in ("dataset", "model", "method", "k"):
+        if column in table:
+            out[column] = table[column]
+    out["pairs"] = table["n_pairs"]
+    out["Dice (± pairs)"] = [_pm(m, s) for m, s in zip(table.dice_mean, table.dice_std_pairs)]
+    out["Dice (± structures×pairs)"] = [_pm(m, s) for m, s in zip(table.dice_mean, table.dice_std_structures_pairs)]
+    out["%|J|≤0"] = [_pm(m, s) for m, s in zip(table.folding_percent, table.folding_percent_std)]
+    out["SDlogJ"] = [_pm(m, s) for m, s in zip(table.sdlogj_l2r, table.sdlogj_l2r_std)]
+    out["HD95 (vox)"] = [_pm(m, s, 2) for m, s in zip(table.hd95, table.hd95_std)]
+    if table.endpoint_error.notna().any():
+        out["EPE (vox)"] = [_pm(m, s, 2) for m, s in zip(table.endpoint_error, table.endpoint_error_std)]
+    for column, title in (("wilcoxon_p_vs_unsupervised", "p (Wilcoxon vs unsup.)"),
+                          ("seconds_per_iteration", "s/iter"), ("ofg_share", "OFG share"),
+                          ("best_val_dice", "best val Dice"), ("final_val_dice", "final val Dice")):
+        if column in table:
+            out[title] = [_num(v) for v in table[column]]
+    return out
+
+
+def display_cost(table: pd.DataFrame) -> pd.DataFrame:
+    """Human-readable columns of the training-cost table."""
+    out = table[["dataset", "model", "method", "run", "epochs"]].copy()
+    for column, title in (("seconds_per_iteration", "s/iter"), ("ofg_seconds_per_iteration", "OFG s/iter"),
+                          ("ofg_share", "OFG share"), ("teacher_seconds_per_iteration", "teacher s/iter"),
+                          ("peak_memory_mb", "peak memory (MB)"),
+                          ("train_wall_seconds_last_invocation", "train wall s (last run)"),
+                          ("train_max_rss_mb", "max RSS (MB)"), ("inference_seconds", "inference s/pair")):
+        out[title] = [_num(v) for v in table[column]]
+    return out
+
+
+def _latex_escape(text: Any) -> str:
+    text = str(text)
+    for old, new in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                     ("±", r"$\pm$"), ("≤", r"$\leq$"), ("×", r"$\times$"), ("<", r"$<$"), ("–", "--")):
+        text = text.replace(old, new)
+    return text
+
+
+def to_latex(table: pd.DataFrame, caption: str) -> str:
+    """A booktabs ``tabular`` of the table's cells (as strings) with ``caption`` in a table float."""
+    columns = "l" * len(table.columns)
+    lines = [r"\begin{table}", r"\centering", rf"\caption{{{_latex_escape(caption)}}}",
+             rf"\begin{{tabular}}{{{columns}}}", r"\toprule",
+             " & ".join(_latex_escape(c) for c in table.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(_latex_escape(v) for v in row) + r" \\" for row in table.astype(str).itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def write_table(numeric: pd.DataFrame, shown: pd.DataFrame, paths: Sequence[Path], caption: str) -> None:
+    """CSV of the numeric table; Markdown and LaTeX of the human-readable one, both with ``caption``."""
+    csv, md, tex = paths
+    with atomic_path(csv) as tmp:
+        numeric.to_csv(tmp, index=False)
+    body = shown.to_markdown(index=False) if len(shown) else "(no rows: the experiment is not configured)"
+    write_text_atomic(md, f"{body}\n\n{caption}\n")
+    write_text_atomic(tex, to_latex(shown, caption))
+
+
+def table_caption(plan: Mapping[str, Any], text: str) -> str:
+    conventions = (f"Split: {plan['split']}; labels warped by {plan['label_mode']}; Dice ± over pairs is the std "
+                   "of per-pair mean Dice, ± over structures×pairs the std over all (structure, pair) values; "
+                   "%|J|≤0 from np.gradient of identity+displacement; SDlogJ by the Learn2Reg formula; HD95 in "
+                   "voxels.")
+    caveat = f" {EMBEDDED_CAVEAT}" if plan.get("embedded") else ""
+    return f"{text} {conventions}{caveat}"

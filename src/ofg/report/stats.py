@@ -1,0 +1,55 @@
+"""Summary statistics of per-pair metrics: means with spreads and the paired Wilcoxon test."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+from scipy.stats import wilcoxon
+
+from ofg.report.load import pair_key_columns, structure_columns
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    """(mean, sample std, n) over the finite values; NaNs where there are none (std NaN for n=1)."""
+    array = np.asarray(list(values), dtype=float)
+    array = array[np.isfinite(array)]
+    if array.size == 0:
+        return math.nan, math.nan, 0
+    std = float(array.std(ddof=1)) if array.size > 1 else math.nan
+    return float(array.mean()), std, int(array.size)
+
+
+def paired_wilcoxon(a: pd.DataFrame, b: pd.DataFrame, column: str = "dice_mean") -> tuple[float, int]:
+    """Two-sided Wilcoxon signed-rank p-value of ``column`` between two runs on the same pairs.
+
+    Pairs are matched on :func:`pair_key_columns`; returns (p, number of matched pairs). p is NaN with
+    fewer than two matched pairs or when every difference is zero (the test is undefined there).
+    """
+    keys = [k for k in pair_key_columns(a) if k in b.columns]
+    if not keys:
+        raise ValueError("paired_wilcoxon: the metrics files share no pair-key columns to match pairs on")
+    merged = a[keys + [column]].merge(b[keys + [column]], on=keys, suffixes=("_a", "_b")).dropna()
+    diff = merged[f"{column}_a"].to_numpy() - merged[f"{column}_b"].to_numpy()
+    if len(diff) < 2 or np.all(diff == 0):
+        return math.nan, len(diff)
+    return float(wilcoxon(merged[f"{column}_a"], merged[f"{column}_b"]).pvalue), len(diff)
+
+
+SUMMARY_METRICS = ("folding_percent", "sdlogj_l2r", "sdlogj_plain", "hd95", "hd95_mm", "endpoint_error",
+                   "inference_seconds")
+
+
+def summarize_run(frame: pd.DataFrame) -> dict[str, float]:
+    """Mean/std of each metric of one run's per-pair metrics."""
+    out: dict[str, float] = {}
+    out["n_pairs"] = len(frame)
+    out["dice_mean"], out["dice_std_pairs"], _ = mean_std(frame["dice_mean"])
+    structures = frame[structure_columns(frame)].to_numpy(dtype=float).ravel()
+    _, out["dice_std_structures_pairs"], _ = mean_std(structures)
+    for column in SUMMARY_METRICS:
+        values = frame[column] if column in frame else []
+        out[column], out[f"{column}_std"], _ = mean_std(values)
+    return out

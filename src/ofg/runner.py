@@ -1,0 +1,101 @@
+"""The plan run in-process, skipping what exists: what notebooks run alone use instead of Snakemake.
+
+Each ``ensure_*`` makes one output of :mod:`ofg.plan` (and what it needs first) unless it exists, with
+the same parameters and paths as the workflow's rules, so results made either way are interchangeable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ofg import plan
+from ofg.config import TEACHER_METHODS, coerce, resolve
+from ofg.data import EMBEDDED, open_dataset
+from ofg.data.embedded import prepare_embedded
+from ofg.evaluate import evaluate_checkpoint
+from ofg.experiments import run_refinement
+from ofg.resume import stale_reasons
+from ofg.layout import RunFolder
+from ofg.train import train
+
+
+def train_or_resume(run_config: Mapping[str, Any], out_dir: str | Path, *,
+                    image_size: Sequence[int] | None = None, progress: bool = False) -> Path:
+    """The workflow's training entry point: train, resume or skip ``run_config`` in ``out_dir``.
+
+    A folder whose run cannot be continued (config, teacher or cohort changed) is started over;
+    ``image_size`` (D,H,W), when given, must be the dataset's.
+    """
+    check_image_size(run_config, image_size)
+    return train(run_config, out_dir, if_stale="restart", progress=progress)
+
+
+def check_image_size(run_config: Mapping[str, Any], image_size: Sequence[int] | None) -> None:
+    """Raise a ValueError when the run's dataset does not have the configured ``image_size`` (D,H,W)."""
+    if image_size is None:
+        return
+    spec = run_config["dataset"]
+    actual = tuple(open_dataset(spec["name"], spec["root"], **spec.get("options", {})).image_size)
+    if actual != tuple(image_size):
+        raise ValueError(f"dataset {spec['name']!r} at {spec['root']}: images are {actual}, but the workflow "
+                         f"config says image_size {list(image_size)}; fix the data or datasets.{spec['name']}"
+                         ".image_size")
+
+
+def restart_reasons(run_config: Mapping[str, Any], out_dir: str | Path) -> list[str]:
+    """Why the run folder ``out_dir`` would be started over for ``run_config``; [] to resume or skip."""
+    config = coerce(dict(run_config))
+    dataset = open_dataset(config.dataset.name, config.dataset.root, **config.dataset.options)
+    return stale_reasons(RunFolder(out_dir), resolve(config, dataset))
+
+
+def ensure_prepared(config: Mapping[str, Any], dataset: str, progress: bool = False) -> Path:
+    """Prepare the embedded ``dataset`` unless its manifest exists; return its root."""
+    root = plan.data_root(config, dataset)
+    if dataset in EMBEDDED and not plan.layout(config).manifest(dataset).exists():
+        params = plan.prepare_parameters(config, dataset)
+        prepare_embedded(params["kind"], root, cache_dir=params["cache_dir"], progress=progress,
+                         **params["options"])
+    return root
+
+
+def ensure_trained(config: Mapping[str, Any], run: plan.Run, progress: bool = False) -> Path:
+    """Train ``run`` (and its teacher first) unless finished; return its run folder."""
+    ensure_prepared(config, run.dataset, progress)
+    if run.method in TEACHER_METHODS:
+        ensure_trained(config, run.teacher(), progress)
+    folder = plan.layout(config).run(run.key)
+    if not folder.summary.exists():
+        params = plan.train_parameters(config, run)
+        train_or_resume(params["run_config"], params["out_dir"], image_size=params["image_size"], progress=progress)
+    return folder.path
+
+
+def ensure_evaluated(config: Mapping[str, Any], run: plan.Run, progress: bool = False) -> Path:
+    """Evaluate ``run`` on the configured split unless its metrics file exists; return that file."""
+    ensure_trained(config, run, progress)
+    params = plan.evaluate_parameters(config, run)
+    if not (Path(params["out"]).exists() and Path(params["sample_out"]).exists()):
+        evaluate_checkpoint(params["checkpoint"], split=params["split"], out=params["out"],
+                            sample_out=params["sample_out"], hd95=params["hd95"], label_mode=params["label_mode"],
+                            device=params["device"], progress=progress)
+    return Path(params["out"])
+
+
+def ensure_refinement(config: Mapping[str, Any], dataset: str, progress: bool = False) -> Path:
+    """Run the refinement experiment on ``dataset`` unless its CSV exists; return that file."""
+    params = plan.refinement_parameters(config, dataset)
+    if not Path(params["out"]).exists():
+        ensure_prepared(config, dataset, progress)
+        run_refinement(params)
+    return Path(params["out"])
+
+
+def ensure_all(config: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
+    """Run the whole plan in-process, skipping what exists (notebook 05 run alone); return the report plan."""
+    for run in plan.training_runs(config):
+        ensure_evaluated(config, run, progress)
+    for dataset in config["refinement"]["datasets"]:
+        ensure_refinement(config, dataset, progress)
+    return plan.report_plan(config)

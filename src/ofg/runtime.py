@@ -1,0 +1,81 @@
+"""Where the work runs: device resolution, CPU threads and peak-memory measurement.
+
+Nothing here changes numbers; these helpers only choose and observe the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+#: dtype of the network forward under ``amp`` (losses and warps stay float32)
+AMP_DTYPE = torch.bfloat16
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` → cuda when available, else cpu; a CUDA request on a machine without it is refused."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"config key device is {name!r} but CUDA is not available on this machine "
+                             "(torch.cuda.is_available() is False); use device: cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"config key device is {name!r} but only {torch.cuda.device_count()} CUDA "
+                             "device(s) exist")
+    return device
+
+
+def use_threads(threads: int) -> int:
+    """Give torch ``threads`` CPU threads, but never more than this process may run on; return the count.
+
+    Snakemake's ``--cores`` budget can exceed the machine (``--cores 4`` on 2 cores): more compute
+    threads than cores make PyTorch's CPU kernels several times slower, so the count is capped.
+    """
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    count = max(1, min(int(threads), available))
+    torch.set_num_threads(count)
+    return count
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work on ``device`` (a no-op elsewhere), so wall-clock timings are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window (see :func:`peak_memory_mb`)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 to clear_refs resets VmHWM (the peak resident set size) to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """(peak MiB, how it was measured) since the last :func:`reset_peak_memory`.
+
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the process's peak resident set size, VmHWM of
+    /proc/self/status; where /proc is unavailable, ``resource.getrusage(RUSAGE_SELF).ru_maxrss``
+    (the lifetime peak).
+    """
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_memory_allocated"
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024, "cpu_vmhwm"
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (rss / 2**20 if sys.platform == "darwin" else rss / 1024), "cpu_ru_maxrss"
