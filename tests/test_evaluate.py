@@ -8,27 +8,12 @@ import pytest
 import torch
 
 import synthetic
-from ofg.checkpoint import save_checkpoint
+from synthetic import Oracle
+from ofg.checkpoint import load_checkpoint, save_checkpoint
 from ofg.config import RunConfig
-from ofg.evaluate import evaluate, evaluate_checkpoint, load_checkpoint, main, validation_scores
+from ofg.evaluate import evaluate, evaluate_checkpoint, main
+from ofg.guidance import RefineSettings
 from ofg.models import build_model
-from ofg.spatial import warp
-
-
-class Oracle(torch.nn.Module):
-    """Returns the dataset's ground-truth field of whichever pair it is given (or ``scale`` times it)."""
-
-    def __init__(self, dataset, split: str, scale: float = 1.0) -> None:
-        super().__init__()
-        pairs = dataset.pairs(split)
-        self.movings = [torch.from_numpy(pairs[i].moving) for i in range(len(pairs))]
-        self.fields = [scale * torch.from_numpy(dataset.ground_truth(split, i)) for i in range(len(pairs))]
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    def forward(self, x):
-        index = next(i for i, m in enumerate(self.movings) if torch.equal(m, x[0, 0]))
-        disp = self.fields[index][None].to(x.device)
-        return warp(x[:, :1], disp), disp
 
 
 @pytest.fixture
@@ -87,7 +72,7 @@ def test_refinement_columns_and_improvement(data):
         def forward(self, x):
             return x[:, :1], torch.zeros(x.shape[0], 3, *x.shape[2:], dtype=x.dtype)
 
-    table = evaluate(Zero(), data, "test", refine_steps=20, refine_lr=0.1, progress=False)
+    table = evaluate(Zero(), data, "test", refine_settings=RefineSettings(steps=20, lr=0.1), progress=False)
     assert {"refined_dice_mean", "refined_endpoint_error", "refined_folding_percent", "refine_seconds"} <= set(table)
     assert (table["refined_endpoint_error"] < table["endpoint_error"]).all()
 
@@ -98,17 +83,8 @@ def test_bad_arguments(data):
         evaluate(model, data, label_mode="linear", progress=False)
     with pytest.raises(ValueError, match="split"):
         evaluate(model, data, split="dev", progress=False)
-    with pytest.raises(ValueError, match="refine_steps"):
-        evaluate(model, data, refine_steps=-1, progress=False)
-
-
-def test_validation_scores_match_evaluate(data):
-    oracle = Oracle(data, "test", scale=0.5)
-    table = evaluate(oracle, data, "test", progress=False)
-    dice, folding = validation_scores(oracle, data, "test")
-    assert dice == pytest.approx(table["dice_mean"].mean()) and folding == pytest.approx(table["folding_percent"].mean())
-    first, _ = validation_scores(oracle, data, "test", max_pairs=1)
-    assert first == pytest.approx(table["dice_mean"].iloc[0])
+    with pytest.raises(ValueError, match="refinement steps"):
+        evaluate(model, data, refine_settings=RefineSettings(steps=-1), progress=False)
 
 
 def test_checkpoint_evaluation_and_cli(tmp_path, monkeypatch):
@@ -121,7 +97,11 @@ def test_checkpoint_evaluation_and_cli(tmp_path, monkeypatch):
                                            "image_size": [16, 16, 16]})
     loaded, loaded_config = load_checkpoint(tmp_path / "best.pt")
     assert loaded_config == config and not loaded.training
-    table = evaluate_checkpoint(tmp_path / "best.pt", "test", tmp_path / "m.csv", progress=False)
+    table = evaluate_checkpoint(tmp_path / "best.pt", "test", tmp_path / "m.csv", sample_out=tmp_path / "s.npz",
+                                progress=False)
+    with np.load(tmp_path / "s.npz") as sample:
+        assert sample["moving"].shape == sample["jacobian"].shape == (16, 16)
+        assert sample["displacement"].shape == (2, 16, 16) and int(sample["slice"]) == 8
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "m.csv"), table, check_dtype=False)
     assert (table["method"] == "unsupervised").all() and len(table) == 2
     assert main([str(tmp_path / "best.pt"), "--out", str(tmp_path / "cli.csv"), "--label-mode", "nearest",

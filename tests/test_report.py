@@ -11,6 +11,9 @@ import pandas as pd
 import pytest
 
 from ofg import report
+from ofg.io import DataError
+from ofg.layout import Layout, RunKey
+from ofg.plan import report_plan
 
 LABELS = (2, 3, 4)
 PAIRS = [("atlas", f"s{i}") for i in range(6)]
@@ -98,23 +101,29 @@ def test_published_table_is_labelled_and_holds_paper_numbers():
 
 
 def write_results(root: Path, plan: dict, rng: np.random.Generator) -> None:
-    for dataset, model, run in plan["runs"]:
-        offset = {"unsupervised": 0.0}.get(run, 0.03)
-        path = root / "metrics" / dataset / model / f"{run}.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        metrics_frame(rng, offset).to_csv(path, index=False)
-        run_dir = root / "runs" / dataset / model / run
-        run_dir.mkdir(parents=True, exist_ok=True)
-        steps = int(run.split("-k")[1]) if run.startswith("ofg-k") else 0
+    layout = Layout(root)
+    for run in plan["runs"]:
+        key = RunKey(run["dataset"], run["model"], run["run"])
+        offset = 0.0 if run["method"] == "unsupervised" else 0.03
+        layout.metrics(key).parent.mkdir(parents=True, exist_ok=True)
+        metrics_frame(rng, offset).to_csv(layout.metrics(key), index=False)
+        folder = layout.run(key)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        steps = run["steps"] or 0
         pd.DataFrame({"epoch": [1, 2, 3], "val_dice": [0.5, 0.55, 0.6], "seconds_per_iteration": [1.0, 2.0, 3.0],
                       "ofg_seconds_per_iteration": [0.1 * steps] * 3, "peak_memory_mb": [10.0, 30.0, 20.0]}
-                     ).to_csv(run_dir / "history.csv", index=False)
-        (run_dir / "summary.json").write_text("{}")
-        bench = root / "benchmarks" / "train" / dataset / model / f"{run}.tsv"
+                     ).to_csv(folder.history, index=False)
+        folder.summary.write_text("{}")
+        bench = layout.benchmark("train", *key)
         bench.parent.mkdir(parents=True, exist_ok=True)
         bench.write_text("s\th:m:s\tmax_rss\tmax_vms\n12.5\t0:00:12\t345.0\t900.0\n")
+        image = rng.random((12, 10)).astype(np.float32)
+        layout.sample(key).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(layout.sample(key), moving=image, fixed=image, warped=image, index=0, split="test", slice=6,
+                 displacement=rng.normal(size=(2, 12, 10)).astype(np.float32),
+                 jacobian=np.ones((12, 10), np.float32), folding_percent=0.0)
     for dataset in plan["refinement"]:
-        path = root / "refinement" / f"{dataset}.csv"
+        path = layout.refinement(dataset)
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = [{"start": start, "pair": pair, "step": step, "dice": 0.4 + 0.01 * step, "energy": -0.1 * step}
                 for start in ("untrained", "random") for pair in range(2) for step in range(4)]
@@ -126,16 +135,22 @@ def synthetic_plan(tmp_path):
     import yaml
     from snakemake.utils import validate
 
-    from ofg import workflow as wf
-
     repo = Path(__file__).resolve().parents[1]
     config = yaml.safe_load((repo / "config" / "tiny.yaml").read_text())
     config["results"] = str(tmp_path / "results")
     validate(config, str(repo / "config" / "schema.yaml"))
-    plan = wf.report_plan(config)
-    plan["qualitative"] = []  # needs trained checkpoints: covered by the end-to-end workflow test
+    plan = report_plan(config)
     write_results(tmp_path / "results", plan, np.random.default_rng(3))
     return plan
+
+
+def test_outputs_are_records_of_kind_dataset_and_model(synthetic_plan):
+    records = report.outputs(synthetic_plan)
+    assert {r.kind for r in records if r.category == "table"} == set(report.TABLES)
+    assert {r.kind for r in records if r.category == "figure"} == set(report.FIGURES)
+    qualitative = next(r for r in records if r.kind == "qualitative")
+    assert (qualitative.dataset, qualitative.model) == ("embedded-brain", "voxelmorph")
+    assert [p.suffix for p in qualitative.paths] == [".png", ".pdf"]
 
 
 def test_make_report_writes_every_declared_file(synthetic_plan):
@@ -174,7 +189,7 @@ def test_tables_content(synthetic_plan):
 
 
 def test_missing_metrics_file_fails_naming_it(synthetic_plan):
-    victim = Path(synthetic_plan["results"]) / "metrics" / "embedded-brain" / "voxelmorph" / "unsupervised.csv"
+    victim = Layout(synthetic_plan["results"]).metrics(RunKey("embedded-brain", "voxelmorph", "unsupervised"))
     victim.unlink()
-    with pytest.raises(FileNotFoundError, match="unsupervised.csv"):
+    with pytest.raises(DataError, match="unsupervised.csv.*missing metrics file"):
         report.make_report(synthetic_plan, progress=False)

@@ -24,7 +24,9 @@ from ofg.data.torch_dataset import PairDataset
 from ofg.io import DataError
 from ofg.models import build_model
 from ofg.spatial import warp
-from ofg.train import TeacherFields, TrainingDiverged, epoch_order, flip_field, main, train
+from ofg.spatial import flip_field
+from ofg.teacher import TeacherFields
+from ofg.train import TrainingDiverged, epoch_order, main, train
 
 TINY = {"encoder": [4, 4], "decoder": [4, 4, 4]}
 TESTS = Path(__file__).resolve().parent
@@ -266,7 +268,7 @@ def test_teacher_fields_are_cached_and_reused(tmp_path, monkeypatch):
     original = TeacherFields.predict
 
     def counting(self, moving, fixed):
-        predictions.append(self.refine_settings is not None)
+        predictions.append(self.settings is not None)
         return original(self, moving, fixed)
 
     monkeypatch.setattr(TeacherFields, "predict", counting)
@@ -363,7 +365,7 @@ def test_cuda_without_cuda_is_refused(tmp_path):
 
 
 def test_amp_runs_the_network_in_bfloat16_and_the_loss_in_float32(tmp_path, monkeypatch):
-    import ofg.train as engine
+    import ofg.objectives as engine
 
     seen = []
     original = engine.ncc_loss

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ofg import workflow as wf
+from ofg import plan as ofg_plan
+from ofg.layout import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -49,52 +50,63 @@ def planned_runs(stdout: str) -> set[str]:
 # ---------------------------------------------------------------- the plan
 
 
-def test_run_ids_round_trip_and_reject_garbage():
-    assert wf.parse_run_id(wf.ofg_run_id(5)) == ("ofg", 5)
-    assert wf.ofg_run_id(0) == "unsupervised"
-    assert wf.parse_run_id("opt_self_training") == ("opt_self_training", None)
-    with pytest.raises(ValueError, match="run id 'ofg-5'"):
-        wf.parse_run_id("ofg-5")
+def test_run_ids_and_look_up_by_key():
+    assert ofg_plan.ofg_run_id(5) == "ofg-k5" and ofg_plan.ofg_run_id(0) == "unsupervised"
+    assert ofg_plan.ofg_run("d", "m", 0) == ofg_plan.Run("d", "m", "unsupervised")
+    config = load_config("config.yaml")
+    run = ofg_plan.find_run(config, ("embedded-brain", "voxelmorph", "ofg-k5"))
+    assert (run.method, run.steps) == ("ofg", 5)
+    with pytest.raises(KeyError, match="ofg-5"):
+        ofg_plan.find_run(config, ("embedded-brain", "voxelmorph", "ofg-5"))
 
 
 def test_training_runs_reuse_main_runs_in_ablation_and_self_training():
     config = load_config("config.yaml")
-    runs = wf.training_runs(config)
+    runs = ofg_plan.training_runs(config)
     assert len(runs) == len(set(runs))
-    brain_vm = {r.run for r in runs if (r.dataset, r.model) == ("embedded-brain", "voxelmorph")}
+    brain_vm = {r.id for r in runs if (r.dataset, r.model) == ("embedded-brain", "voxelmorph")}
     # k=0 is the baseline and k=10 the main OFG run: 4 main/self-training runs + k in {1,2,5,20}
     assert brain_vm == {"unsupervised", "ofg-k10", "self_training", "opt_self_training",
                         "ofg-k1", "ofg-k2", "ofg-k5", "ofg-k20"}
-    assert {r.run for r in runs if r.dataset == "embedded-ct"} == {"unsupervised", "ofg-k10"}
-    assert {r.run for r in runs if r.model == "lkunet"} == {"unsupervised", "ofg-k10"}
+    assert {r.id for r in runs if r.dataset == "embedded-ct"} == {"unsupervised", "ofg-k10"}
+    assert {r.id for r in runs if r.model == "lkunet"} == {"unsupervised", "ofg-k10"}
 
 
 def test_run_config_is_valid_and_self_training_uses_unsupervised_teacher():
     config = load_config("config.yaml")
-    run = wf.Run("embedded-brain", "voxelmorph", "opt_self_training")
-    rc = wf.run_config(config, run)
+    run = ofg_plan.Run("embedded-brain", "voxelmorph", "opt_self_training")
+    rc = ofg_plan.run_config(config, run)
     assert rc["method"] == "opt_self_training"
     assert rc["teacher"] == str(Path("results/runs/embedded-brain/voxelmorph/unsupervised/checkpoints/best.pt"))
     assert rc["dataset"] == {"name": "embedded-brain", "root": str(Path("results/data/embedded-brain")), "options": {}}
-    ablation = wf.run_config(config, wf.Run("embedded-brain", "voxelmorph", "ofg-k5"))
+    ablation = ofg_plan.run_config(config, ofg_plan.Run("embedded-brain", "voxelmorph", "ofg", 5))
     assert ablation["ofg"]["steps"] == 5 and ablation["method"] == "ofg"
     assert ablation["epochs"] == config["training"]["epochs"]
+
+
+def test_refinement_parameters_carry_the_window_and_label_mode():
+    config = load_config("config.yaml")
+    config["ofg"]["window"] = 5
+    config["evaluation"]["label_mode"] = "nearest"
+    params = ofg_plan.refinement_parameters(config, "embedded-brain")
+    assert params["settings"]["window"] == 5 and params["label_mode"] == "nearest"
+    assert params["settings"]["steps"] == config["refinement"]["steps"]
 
 
 def test_check_config_names_the_key():
     config = load_config("config.yaml")
     config["ablation"]["models"] = ["transmorph"]
     with pytest.raises(ValueError, match=r"ablation: model 'transmorph' is not trained on 'embedded-brain'"):
-        wf.check_config(config)
+        ofg_plan.check_config(config)
     paper = load_config("paper.yaml")
     with pytest.raises(ValueError, match=r"datasets.ixi.root: set it"):
-        wf.check_config(paper)
+        ofg_plan.check_config(paper)
 
 
 def test_report_outputs_name_every_table_and_figure_kind():
     from ofg.report import TABLES, output_paths
 
-    plan = wf.report_plan(load_config("tiny.yaml"))
+    plan = ofg_plan.report_plan(load_config("tiny.yaml"))
     names = {p.name for p in output_paths(plan)}
     for table in TABLES:
         assert {f"{table}.csv", f"{table}.md", f"{table}.tex"} <= names
@@ -113,11 +125,11 @@ def test_dry_run_default_config_plans_every_job_once(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     config = load_config("config.yaml")
     counts = job_counts(result.stdout)
-    runs = wf.training_runs(config)
+    runs = ofg_plan.training_runs(config)
     assert counts["train"] == len(runs) == 12
     assert counts["evaluate"] == len(runs)
     assert counts["prepare_data"] == 2 and counts["refinement"] == 2 and counts["tables_and_figures"] == 1
-    assert planned_runs(result.stdout) == {f"{results}/runs/{r.dataset}/{r.model}/{r.run}/summary.json" for r in runs}
+    assert planned_runs(result.stdout) == {str(Layout(results).run(r.key).summary) for r in runs}
     # every job runs a notebook with papermill and keeps it as its log
     assert result.stdout.count("papermill --no-progress-bar -k python3") == sum(counts.values()) - 1
 
@@ -126,7 +138,7 @@ def test_dry_run_tiny_config_replaces_default_datasets():
     result = snakemake("-n", "--cores", "2", "--configfile", str(REPO / "config" / "tiny.yaml"))
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
-    assert counts["train"] == len(wf.training_runs(load_config("tiny.yaml"))) == 5
+    assert counts["train"] == len(ofg_plan.training_runs(load_config("tiny.yaml"))) == 5
     assert "embedded-ct" not in result.stdout  # a --configfile replaces config/config.yaml, no merge
 
 
@@ -232,7 +244,7 @@ def test_tiny_workflow_end_to_end_resumes_and_is_idempotent(tmp_path):
     assert result.returncode == 0, result.stderr[-5000:]
     print(f"tiny workflow: {elapsed:.0f} s")
     assert elapsed < 300
-    plan = wf.report_plan(load_config("tiny.yaml", results=str(tmp_path / "results")))
+    plan = ofg_plan.report_plan(load_config("tiny.yaml", results=str(tmp_path / "results")))
     for output in output_paths(plan):
         assert output.is_file() and output.stat().st_size > 0, output
     notebooks = list((tmp_path / "results" / "notebooks").rglob("*.ipynb"))
@@ -291,7 +303,7 @@ def test_use_threads_never_exceeds_the_cores_this_process_may_use():
 
     import torch
 
-    from ofg.workflow import use_threads
+    from ofg.runtime import use_threads
 
     before = torch.get_num_threads()
     try:

@@ -117,7 +117,7 @@ def ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9) -> torc
     """Negative mean local squared NCC, a scalar in [-1, 0]; -1 for identical textured images.
 
     ``fixed`` and ``warped`` are (B,C,D,H,W) or (B,C,H,W) with equal shapes; the loss is symmetric
-    in the two. Matches the reference formula (see PAPER.md) to round-off.
+    in the two. Matches the reference formula to round-off.
     """
     return -local_ncc(fixed, warped, window).mean()
 

@@ -1,6 +1,6 @@
 """Evaluation metrics: numpy in, numpy out (torch tensors are accepted and moved to numpy).
 
-Conventions (PAPER.md):
+Conventions:
 - Displacements are (3,D,H,W) (2-D: (2,H,W)) in voxels; channel i moves along array axis i;
   a warped volume is L(x + u(x)).
 - Dice per label; a label absent from both volumes gives NaN (skip it with ``np.nanmean``).

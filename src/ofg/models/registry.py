@@ -1,6 +1,6 @@
 """Model registry: ``build_model(name, img_size, size="paper"|"small", **overrides)``.
 
-"paper" reproduces the configurations of the reference implementations (PAPER.md); "small" keeps
+"paper" reproduces the configurations of the reference implementations; "small" keeps
 each design with fewer channels, blocks and heads for CPU training on 32^3-96^3 volumes.
 Overrides replace single constructor arguments of the chosen configuration.
 """
