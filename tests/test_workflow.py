@@ -134,8 +134,9 @@ def test_dry_run_default_config_plans_every_job_once(tmp_path):
     assert result.stdout.count("papermill --no-progress-bar -k python3") == sum(counts.values()) - 1
 
 
-def test_dry_run_tiny_config_replaces_default_datasets():
-    result = snakemake("-n", "--cores", "2", "--configfile", str(REPO / "config" / "tiny.yaml"))
+def test_dry_run_tiny_config_replaces_default_datasets(tmp_path):
+    result = snakemake("-n", "--cores", "2", "--configfile", str(REPO / "config" / "tiny.yaml"),
+                       "--config", f"results={tmp_path / 'results'}")
     assert result.returncode == 0, result.stderr[-3000:]
     counts = job_counts(result.stdout)
     assert counts["train"] == len(ofg_plan.training_runs(load_config("tiny.yaml"))) == 5
