@@ -1,6 +1,6 @@
 """Training benchmark: one iteration of OFG (k=10) against one unsupervised iteration.
 
-An iteration is one call of :func:`ofg.train.train_step` (forward, loss, backward, Adam step), the
+An iteration is one call of :class:`ofg.train.Step` (forward, loss, backward, Adam step), the
 code path of real training, for a small VoxelMorph at 64^3 and batch 1. Reported: the median
 wall time over ``repeats`` iterations after one warm-up, its ratio OFG/unsupervised (target
 <= 1.25x), and the peak memory of an iteration and its ratio (target <= 1.5x).
@@ -23,6 +23,10 @@ import time
 from pathlib import Path
 
 import torch
+
+from ofg.config import RunConfig
+from ofg.objectives import build_objective
+from ofg.train import Step, build_network
 
 SIZE = 64
 METHODS = ("unsupervised", "ofg")
@@ -48,18 +52,13 @@ def _images(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor
 
 def measure(method: str, size: int, device: torch.device, repeats: int, steps: int = 10) -> dict[str, float]:
     """Median seconds per iteration and peak memory (MiB) of ``method`` (see the module docstring)."""
-    from ofg.config import RunConfig
-    from ofg.guidance import OFGLoss
-    from ofg.train import StepContext, build_network, train_step
-
     config = RunConfig.from_dict({"method": method, "model": {"name": "voxelmorph", "size": "small"},
                                   "ofg": {"steps": steps}, "epochs": 1})
     torch.manual_seed(0)
     model = build_network(config, (size, size, size)).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, amsgrad=True)
-    ctx = StepContext(config, model, optimizer, device)
-    if method == "ofg":
-        ctx.criterion = OFGLoss(config.ofg.steps, config.ofg.lr, config.ofg.reg_weight, config.ofg.window)
+    objective = build_objective(config, (size, size, size), Path("unused"), device)
+    step = Step(config, model, optimizer, objective)
     moving, fixed = _images(size, device)
     cuda = device.type == "cuda"
     if cuda:
@@ -72,12 +71,12 @@ def measure(method: str, size: int, device: torch.device, repeats: int, steps: i
     times, refine_times = [], []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        train_step(ctx, moving, fixed, "bench", epoch=0)
+        _, _, target_seconds = step(moving, fixed, "bench", epoch=0)
         if cuda:
             torch.cuda.synchronize(device)
         if i > 0:
             times.append(time.perf_counter() - start)
-            refine_times.append(ctx.criterion.last_refine_seconds if ctx.criterion else 0.0)
+            refine_times.append(target_seconds)
     if cuda:
         peak = (torch.cuda.max_memory_allocated(device) - baseline) / 2**20
         total = torch.cuda.max_memory_allocated(device) / 2**20
