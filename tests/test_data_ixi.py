@@ -123,6 +123,24 @@ def test_reference_sampling(tmp_path):
     assert len(open_ixi(root, image_size=None, max_train=100).pairs("train")) == 7
 
 
+def test_test_subsets(tmp_path):
+    root = make_ixi_fixture(tmp_path / "ixi", shape=(4, 4, 4), n_train=1, n_val=1, n_test=23)
+    everything = open_ixi(root, image_size=None)
+    names = sorted(p.stem for p in (root / "Test").glob("*.pkl"))
+    assert [s for _, s in everything.pairs("test").keys] == names
+    assert "23 of 23" in everything.notes["test"] and "test_subset 'all'" in everything.notes["test"]
+    # The reference infer.py: glob the folder, sort, random.seed(42), random.sample(20), sort.
+    reference = open_ixi(root, image_size=None, test_subset="reference20")
+    paths = sorted(str(p) for p in (root / "Test").glob("*.pkl"))
+    random.seed(42)
+    expected = sorted(Path(p).stem for p in random.sample(paths, 20))
+    assert [s for _, s in reference.pairs("test").keys] == expected
+    assert "20 of 23 subjects in Test/ (sampled with seed 42); test_subset 'reference20'" in reference.notes["test"]
+    assert reference.pairs("val").keys == everything.pairs("val").keys
+    with pytest.raises(ValueError, match="test_subset must be one of"):
+        open_ixi(root, image_size=None, test_subset="20")
+
+
 def test_paper_size_default_rejects_small_volume(root):
     ds = open_ixi(root)
     assert ds.image_size == (160, 192, 224)

@@ -54,9 +54,10 @@ def test_label_list():
 
 
 def test_preprocessed_semantics(pre_root):
-    ds = open_lpba(pre_root, image_size=None)
+    ds = open_lpba(pre_root, image_size=None, normalize=True)
     assert ds.layout == "preprocessed" and ds.image_size == SHAPE
-    assert ds.augment_flips and not ds.bidirectional and ds.labels == PAPER_LPBA_LABELS
+    # the reference protocol: no flips (its LPBA dataset ignores transforms), one direction
+    assert not ds.augment_flips and not ds.bidirectional and ds.labels == PAPER_LPBA_LABELS
     assert ds.pairs("train").keys == (("S11", "S01"), ("S12", "S01"), ("S13", "S01"))
     assert ds.pairs("test").keys == (("S02", "S01"), ("S03", "S01"))
     assert ds.pairs("val").keys == ds.pairs("test").keys and "val = the test pairs" in ds.notes["val"]
@@ -72,8 +73,17 @@ def test_preprocessed_semantics(pre_root):
         )
         assert pair.moving.dtype == np.float32 and np.issubdtype(pair.moving_label.dtype, np.integer)
         assert set(np.unique(pair.moving_label)) <= set(LPBA_LABEL_NAMES) | {0}
-    raw = open_lpba(pre_root, image_size=None, normalize=False).pairs("train")[0]
-    np.testing.assert_array_equal(raw.fixed, fixed)
+
+
+def test_preprocessed_reads_raw_intensities_by_default(pre_root):
+    # The reference reads the preprocessed files as raw arrays; the fixture's images span [0, 200].
+    fixed = nii(pre_root / "fixed.nii.gz")
+    moving = nii(pre_root / "test/S02.delineation.skullstripped.nii.gz")
+    for ds in (open_lpba(pre_root, image_size=None), open_lpba(pre_root, image_size=None, normalize=False)):
+        pair = ds.pairs("test")[0]
+        np.testing.assert_array_equal(pair.fixed, fixed)
+        np.testing.assert_array_equal(pair.moving, moving)
+        assert pair.moving.dtype == np.float32 and pair.moving.max() > 1.0
 
 
 def test_preprocessed_paper_size_and_val_folder(pre_root, tmp_path):
@@ -134,8 +144,9 @@ def test_read_analyze_matches_nibabel(loni_root, tmp_path):
 
 
 def test_loni_semantics(loni_root):
-    ds = open_lpba(loni_root, image_size=SHAPE)
+    ds = open_lpba(loni_root, image_size=SHAPE)  # min-max rescaled by default (scanner units)
     assert ds.layout == "loni" and ds.image_size == SHAPE and ds.spacing == (1.0, 1.0, 1.0)
+    assert not ds.augment_flips and not ds.bidirectional
     assert ds.pairs("train").keys == (("S11", "S01"), ("S12", "S01"))
     assert ds.pairs("test").keys == ds.pairs("val").keys == (("S02", "S01"),)
     pair = ds.pairs("train")[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import pickle
 import random
@@ -12,6 +13,7 @@ import pytest
 
 from ofg.data.fixtures import make_oasis_fixture
 from ofg.data.oasis import open_oasis
+from ofg.data.pairing import reference_epoch_pairs
 from ofg.io import DataError, save_nifti
 from filetree import nii, tree_state
 
@@ -119,8 +121,65 @@ def test_pkl_reference_sampling(pkl_root):
     random.seed(42)
     chosen = sorted(Path(p).stem for p in random.sample(paths, 3))
     assert ds.pairs("train").keys == ((chosen[0], chosen[1]), (chosen[0], chosen[2]), (chosen[1], chosen[2]))
-    with pytest.raises(ValueError, match="pkl layout only"):
-        open_oasis(pkl_root.parent, layout="nifti", max_train=3)
+
+
+def test_nifti_max_train_samples_the_training_subjects(nifti_root):
+    ds = open_oasis(nifti_root, image_size=None, max_train=3, seed=7)
+    keys = [f"OASIS_{k:04d}" for k in range(1, 5)]
+    chosen = sorted(random.Random(7).sample(keys, 3))
+    assert ds.pairs("train").keys == ((chosen[0], chosen[1]), (chosen[0], chosen[2]), (chosen[1], chosen[2]))
+
+
+# ---- the reference pairing: new partners every epoch ------------------------------------------
+
+
+def test_pkl_reference_epochs(pkl_root):
+    ds = open_oasis(pkl_root, image_size=None, train_pairs="reference")
+    stems = [f"subject_{k}" for k in range(5)]  # fewer than 200 subjects: all of them
+    assert ds.train_pairing == "reference" and "reference epochs: 5 of 5" in ds.notes["train"]
+    assert "10 steps per epoch" in ds.notes["train"]
+    for epoch in range(3):
+        pairs = ds.epoch_pairs("train", epoch)
+        assert pairs.keys == tuple(reference_epoch_pairs(stems, epoch, seed=42))
+        assert [m for m, _ in pairs.keys] == stems and all(m != f for m, f in pairs.keys)
+    assert ds.pairs("train").keys == ds.epoch_pairs("train", 0).keys
+    assert len({ds.epoch_pairs("train", e).keys for e in range(10)}) > 1  # partners change
+    assert ds.epoch_pairs("val", 3).keys == ds.pairs("val").keys  # other splits stay fixed
+    moving, fixed = ds.epoch_pairs("train", 1).keys[2]
+    pair = ds.epoch_pairs("train", 1)[2]
+    for name, image, label in ((moving, pair.moving, pair.moving_label), (fixed, pair.fixed, pair.fixed_label)):
+        with open(pkl_root / "Train" / f"{name}.pkl", "rb") as fh:
+            want_image, want_label = pickle.load(fh)
+        np.testing.assert_array_equal(image, want_image)
+        np.testing.assert_array_equal(label, want_label)
+
+
+def test_pkl_reference_epochs_sample_200_subjects_as_the_reference(tmp_path):
+    # 203 Train subjects: the reference samples 200 with random.seed(42) from the sorted paths, and
+    # an epoch is 200 pairs, trained both ways: 400 steps.
+    root = make_oasis_fixture(tmp_path / "o", layout="pkl", shape=(2, 2, 2), n_train=203, n_val=1)
+    ds = open_oasis(root, image_size=None, train_pairs="reference")
+    paths = sorted(glob.glob(str(root / "Train") + "/*.pkl"))
+    random.seed(42)
+    chosen = sorted(random.sample(paths, 200))
+    pairs = ds.epoch_pairs("train", 4)
+    assert [m for m, _ in pairs.keys] == [Path(p).stem for p in chosen]
+    assert len(pairs) * (2 if ds.bidirectional else 1) == 400
+    assert "400 steps per epoch" in ds.notes["train"]
+
+
+def test_nifti_reference_epochs(nifti_root):
+    ds = open_oasis(nifti_root, image_size=None, train_pairs="reference")
+    keys = [f"OASIS_{k:04d}" for k in range(1, 5)]
+    assert ds.epoch_pairs("train", 2).keys == tuple(reference_epoch_pairs(keys, 2, seed=42))
+    moving, fixed = ds.epoch_pairs("train", 2).keys[0]
+    pair = ds.epoch_pairs("train", 2)[0]
+    np.testing.assert_array_equal(pair.moving, nii(nifti_root / f"imagesTr/{moving}_0000.nii.gz"))
+    np.testing.assert_array_equal(pair.fixed_label, nii(nifti_root / f"labelsTr/{fixed}_0000.nii.gz"))
+    default = open_oasis(nifti_root, image_size=None)
+    assert default.train_pairing == "all" and default.epoch_pairs("train", 5).keys == default.pairs("train").keys
+    with pytest.raises(ValueError, match="train_pairs must be one of"):
+        open_oasis(nifti_root, image_size=None, train_pairs="random")
 
 
 def test_layout_detection_and_missing(tmp_path, nifti_root, pkl_root):

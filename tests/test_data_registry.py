@@ -44,7 +44,8 @@ def test_every_paper_root_opens(roots):
         assert len(ds.labels) == expected_labels[name]
         assert ds.image_size == (16, 16, 16)
         assert ds.bidirectional == (name in ("oasis", "abdomen"))
-        assert ds.augment_flips == (name in ("ixi", "lpba"))
+        assert ds.augment_flips == (name == "ixi")  # the reference flips IXI only
+        assert ds.train_pairing == "all" and ds.epoch_pairs("train", 3).keys == ds.pairs("train").keys
         for split in ("train", "val", "test"):
             pairs = ds.pairs(split)
             assert len(pairs) > 0 and len(pairs.keys) == len(pairs)

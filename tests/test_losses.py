@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from ofg.bench.core import naive_ncc_loss
 from ofg.losses import (FixedImageNCC, _box_sum, diffusion_loss, diffusion_terms, fixed_window_sums, local_ncc,
+                        lku_smoothness_loss,
                         ncc_loss, window_sum)
 
 
@@ -209,3 +210,24 @@ def test_box_sum_with_scratch_buffers_equals_fresh_allocation(gen):
     for window in (1, 3, 9):
         expected = window_sum(volume, window)
         assert torch.equal(_box_sum(volume, window, scratch), expected)
+
+
+def _reference_smoothloss(y_pred):
+    """The reference's LKU-Net ``smoothloss``, transcribed, on a field in normalised grid units."""
+    d2, h2, w2 = y_pred.shape[-3:]
+    dy = torch.abs(y_pred[:, :, 1:, :, :] - y_pred[:, :, :-1, :, :]) / 2 * d2
+    dx = torch.abs(y_pred[:, :, :, 1:, :] - y_pred[:, :, :, :-1, :]) / 2 * h2
+    dz = torch.abs(y_pred[:, :, :, :, 1:] - y_pred[:, :, :, :, :-1]) / 2 * w2
+    return (torch.mean(dx * dx) + torch.mean(dy * dy) + torch.mean(dz * dz)) / 3.0
+
+
+def test_lku_smoothness_loss_is_the_reference_formula_on_the_normalised_field(gen):
+    disp = torch.randn((2, 3, 6, 9, 5), generator=gen, dtype=torch.float64)
+    normalised = disp * torch.tensor([2 / 5, 2 / 8, 2 / 4], dtype=torch.float64).view(1, 3, 1, 1, 1)
+    torch.testing.assert_close(lku_smoothness_loss(disp), _reference_smoothloss(normalised), rtol=1e-12, atol=0)
+    # a linear field u_0 = x_0 (unit differences along axis 0 only): (n_0/(n_0-1))^2 / 3
+    linear = torch.zeros((1, 3, 6, 9, 5), dtype=torch.float64)
+    linear[:, 0] = torch.arange(6, dtype=torch.float64).view(6, 1, 1)
+    assert float(lku_smoothness_loss(linear)) == pytest.approx((6 / 5) ** 2 / 3 / 3)
+    with pytest.raises(ValueError, match="3-D"):
+        lku_smoothness_loss(torch.zeros(1, 2, 4, 4))

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ofg.metrics import (dice, endpoint_error, folding_percent, hd95, jacobian_determinant, sdlogj,
-                         warp_labels)
+from ofg.metrics import (dice, endpoint_error, folding_percent, hd95, jacobian_determinant, labels_present_in_both,
+                         mean_dice, mean_dice_of, sdlogj, warp_labels)
 from ofg.spatial import warp
 
 
@@ -27,6 +27,55 @@ def test_dice_closed_form():
     np.testing.assert_allclose(dice(torch.from_numpy(pred), torch.from_numpy(pred), [1, 2]), [1.0, 1.0])
     with pytest.raises(ValueError, match="pred_labels has shape"):
         dice(pred, true[:3], [1])
+
+
+def _abdomen_reference_dice(warped, fixed, moving, max_label):
+    """The reference code's AbdomenCTCT validation Dice, transcribed to numpy: Dice with a 1e-8
+    guard on voxel fractions for every label 1..max_label-1, summed, divided by the number of
+    labels whose self-Dice exceeds 0.1 in both the fixed and the moving map."""
+    def per_label(a, b):
+        out = np.zeros(max_label - 1)
+        for k in range(1, max_label):
+            i, t = (a == k).astype(float), (b == k).astype(float)
+            out[k - 1] = 2 * (i * t).mean() / (1e-8 + i.mean() + t.mean())
+        return out
+    ident = per_label(fixed, fixed) * per_label(moving, moving)
+    return per_label(fixed, warped).sum() / (ident > 0.1).sum()
+
+
+def test_mean_dice_rules_hand_computed():
+    # 1D strips in a 1x1x8 volume. label 1: in both, Dice 0.5 after warping; label 2: fixed only;
+    # label 3: moving only (carried into the warped map); label 4: in both, lost by the warp.
+    moving = np.array([1, 1, 3, 4, 0, 0, 0, 0]).reshape(1, 1, 8)
+    warped = np.array([0, 1, 1, 3, 0, 0, 0, 0]).reshape(1, 1, 8)
+    fixed = np.array([1, 1, 0, 0, 2, 4, 0, 0]).reshape(1, 1, 8)
+    labels = [1, 2, 3, 4, 5]
+    # per label: 1 -> 2*1/(2+2) = 0.5, 2 -> 0, 3 -> 0, 4 -> 0, 5 -> NaN (absent everywhere)
+    np.testing.assert_array_equal(labels_present_in_both(moving, fixed, labels), [True, False, False, True, False])
+    assert mean_dice(warped, fixed, labels, rule="both", moving_labels=moving) == pytest.approx(0.5 / 2)
+    assert mean_dice(warped, fixed, labels) == pytest.approx(0.5 / 4)
+    assert mean_dice(warped, fixed, labels, rule="both", moving_labels=moving) == pytest.approx(
+        _abdomen_reference_dice(warped, fixed, moving, max_label=6), rel=1e-6)
+    assert np.isnan(mean_dice_of(np.full(2, np.nan), "either"))
+    assert np.isnan(mean_dice_of(np.zeros(2), "both", np.zeros(2, dtype=bool)))
+
+
+def test_mean_dice_against_the_reference_formula_on_random_maps(rng):
+    moving = rng.integers(0, 14, size=(6, 7, 8))
+    fixed = rng.integers(0, 12, size=(6, 7, 8))  # labels 12 and 13 absent from the fixed map
+    warped = np.roll(moving, 1, axis=0)
+    ours = mean_dice(warped, fixed, list(range(1, 14)), rule="both", moving_labels=moving)
+    assert ours == pytest.approx(_abdomen_reference_dice(warped, fixed, moving, max_label=14), rel=1e-6)
+
+
+def test_mean_dice_bad_arguments():
+    labels = np.ones((2, 2, 2), dtype=int)
+    with pytest.raises(ValueError, match="moving_labels"):
+        mean_dice(labels, labels, [1], rule="both")
+    with pytest.raises(ValueError, match="rule must be one of"):
+        mean_dice(labels, labels, [1], rule="mean")
+    with pytest.raises(ValueError, match="present_in_both"):
+        mean_dice_of(np.ones(2), "both")
 
 
 def _plain_onehot_warp(labels, disp, classes):

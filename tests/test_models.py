@@ -10,14 +10,19 @@ import torch
 import torch.nn as nn
 
 from ofg.models import (MODEL_NAMES, PAPER_IMG_SIZE, build_model, count_parameters, init_flow_head_)
-from ofg.models.transmorph import (SwinBlock, relative_position_index, shifted_window_mask,
-                                   window_partition, window_reverse)
+from ofg.models.swin import (SwinBlock, relative_position_index, shifted_window_mask, window_partition,
+                             window_reverse)
 from ofg.spatial import warp
 
 # Trainable parameter counts of the reference implementations (PAPER.md), for the paper image size
 # 160x192x224 (ViT-V-Net's position embedding has one row per 8^3 patch of the 1/4-resolution map,
 # 5x6x7 of them; the other three counts do not depend on the image size).
 PAPER_COUNTS = {"voxelmorph": 274_387, "transmorph": 46_771_251, "vitvnet": 31_560_079, "lkunet": 2_087_638}
+
+# The paper size of every dataset, and the TransMorph window the reference uses there.
+PAPER_DATASET_SIZES = {"ixi": (160, 192, 224), "oasis": (160, 192, 224), "lpba": (160, 192, 160),
+                       "abdomen": (192, 160, 256)}
+PAPER_TRANSMORPH_WINDOWS = {"ixi": (5, 6, 7), "oasis": (5, 6, 7), "lpba": (5, 6, 5), "abdomen": (5, 6, 7)}
 
 # The smallest cube each small model takes. TransMorph there has windows of 1, so no shift: the
 # shifted-window path is checked block by block below (naive reference and gradcheck).
@@ -169,8 +174,7 @@ def test_unknown_name_and_size():
 
 
 @pytest.mark.parametrize("name, size, factor", [
-    ("voxelmorph", (33, 32, 32), 16), ("lkunet", (32, 40, 32), 16),
-    ("transmorph", (48, 64, 64), 32), ("vitvnet", (64, 64, 72), 32)])
+    ("voxelmorph", (33, 32, 32), 16), ("lkunet", (32, 40, 32), 16), ("vitvnet", (64, 64, 72), 32)])
 def test_bad_img_size(name, size, factor):
     with pytest.raises(ValueError, match=f"multiple of {factor}"):
         build_model(name, size)
@@ -182,12 +186,74 @@ def test_bad_img_size_values():
             build_model("voxelmorph", bad)
 
 
-def test_transmorph_window_must_divide_every_stage():
-    with pytest.raises(ValueError, match=r"valid sizes per axis .*\[\[1, 2\], \[1, 3\], \[1, 2, 4\]\]"):
-        build_model("transmorph", (64, 96, 128), size="small", window=(3, 3, 3))
-    model = build_model("transmorph", (64, 96, 128), size="small")
-    assert model.window == (2, 3, 4)
+def test_transmorph_window_default_and_bad_values():
+    assert build_model("transmorph", (64, 96, 128), size="small").window == (2, 3, 4)
     assert build_model("transmorph", PAPER_IMG_SIZE, size="small").window == (5, 6, 7)
+    # 40x48x36 is padded to 64x64x64: a 2x2x2 deepest map.
+    assert build_model("transmorph", (40, 48, 36), size="small").window == (2, 2, 2)
+    assert build_model("transmorph", (64, 96, 128), size="small", window=[3, 3, 3]).window == (3, 3, 3)
+    for bad in [(3, 3), (3, 0, 3), (2.5, 2, 2), "333"]:
+        with pytest.raises(ValueError, match="window must be 3 positive ints"):
+            build_model("transmorph", 64, size="small", window=bad)
+
+
+def _relative_table_entries(window) -> int:
+    return math.prod(2 * w - 1 for w in window)
+
+
+def _paper_count(name: str, dataset: str) -> int:
+    """The reference count at a dataset's paper size (from PAPER_COUNTS at 160x192x224)."""
+    if name == "transmorph":  # one bias table per head of every block: 2*4 + 2*4 + 4*8 + 2*8 = 64 heads
+        window = PAPER_TRANSMORPH_WINDOWS[dataset]
+        return PAPER_COUNTS[name] + 64 * (_relative_table_entries(window) - _relative_table_entries((5, 6, 7)))
+    if name == "vitvnet":  # one position embedding row (252) per 8^3 patch of the 1/4 map
+        tokens = math.prod(s // 32 for s in PAPER_DATASET_SIZES[dataset])
+        return PAPER_COUNTS[name] + 252 * (tokens - 5 * 6 * 7)
+    return PAPER_COUNTS[name]
+
+
+@pytest.mark.parametrize("dataset", sorted(PAPER_DATASET_SIZES))
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_paper_cell_builds_at_its_paper_size(name, dataset):
+    overrides = {"window": PAPER_TRANSMORPH_WINDOWS[dataset]} if name == "transmorph" else {}
+    model = build_model(name, PAPER_DATASET_SIZES[dataset], size="paper", **overrides)
+    assert model.img_size == PAPER_DATASET_SIZES[dataset]
+    assert count_parameters(model) == _paper_count(name, dataset)
+    if name == "transmorph":
+        assert model.window == PAPER_TRANSMORPH_WINDOWS[dataset]
+
+
+def test_transmorph_lpba_window_count():
+    assert _paper_count("transmorph", "lpba") == 46_745_907  # the figure in the module docstring
+
+
+@pytest.mark.parametrize("size, window", [((40, 48, 36), None), ((64, 64, 64), (3, 3, 3)),
+                                          ((40, 48, 36), (3, 2, 3))])
+def test_transmorph_runs_at_sizes_that_need_padding(size, window):
+    # (40,48,36): the pair is padded to 64^3; window 3 on 64^3 pads the 16/8/4/2 maps in every block.
+    torch.manual_seed(0)
+    model = build_model("transmorph", size, size="small", window=window, drop_path=0.0)  # every block trains
+    init_flow_head_(model.flow_head, std=1e-2)
+    x = _pair(size, seed=4)
+    warped, disp = model(x)
+    assert disp.shape == (1, 3, *size) and warped.shape == (1, 1, *size)
+    torch.testing.assert_close(warped, warp(x[:, :1], disp))
+    (warped.square().mean() + disp.square().mean()).backward()
+    for pname, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), pname
+    for stage in model.encoder.stages:
+        assert all(block.attn.bias_table.grad.abs().sum() > 0 for block in stage)
+
+
+def test_transmorph_input_padding_is_zero_padding_and_crop():
+    torch.manual_seed(0)
+    model = build_model("transmorph", (40, 48, 36), size="small").eval()
+    init_flow_head_(model.flow_head, std=1e-2)
+    x = _pair((40, 48, 36), seed=5)
+    padded = torch.nn.functional.pad(x, (0, 28, 0, 16, 0, 24))
+    with torch.no_grad():
+        expected = model._padded_displacement(padded)[:, :, :40, :48, :36]
+        torch.testing.assert_close(model(x)[1], expected, rtol=0, atol=0)
 
 
 def test_forward_size_mismatch():
@@ -272,6 +338,22 @@ def test_swin_attention_matches_naive(shifted):
     x = torch.randn(1, 4, 4, 8, 8, dtype=torch.float64)
     y = block.norm1(x)
     expected = x + _naive_swin_attention(block, y)
+    expected = expected + block.mlp(block.norm2(expected))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected.detach(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_swin_block_pads_to_window_multiples_like_the_reference(shifted):
+    # A 3x3x5 map with window (2,2,4): the normalised map is zero-padded to 4x4x8, attended as a
+    # 4x4x8 map (mask of the padded map when shifted) and cropped back.
+    torch.manual_seed(1)
+    block = SwinBlock(dim=8, heads=2, window=(2, 2, 4), shifted=shifted, mlp_ratio=2.0, qkv_bias=True,
+                      drop_path=0.0).double().eval()
+    nn.init.normal_(block.attn.bias_table, std=1.0)
+    x = torch.randn(1, 3, 3, 5, 8, dtype=torch.float64)
+    y = torch.nn.functional.pad(block.norm1(x), (0, 0, 0, 3, 0, 1, 0, 1))
+    expected = x + _naive_swin_attention(block, y)[:, :3, :3, :5]
     expected = expected + block.mlp(block.norm2(expected))
     with torch.no_grad():
         torch.testing.assert_close(block(x), expected.detach(), rtol=1e-10, atol=1e-10)

@@ -151,6 +151,25 @@ def diffusion_loss(disp: torch.Tensor, penalty: str = "l2") -> torch.Tensor:
     return diffusion_terms(disp, penalty).mean()
 
 
+def lku_smoothness_loss(disp: torch.Tensor) -> torch.Tensor:
+    """LKU-Net's own smoothness loss (the reference's ``smoothloss``) of ``disp`` (B,3,D,H,W) in voxels.
+
+    The reference applies it to LKU-Net's field f in normalised grid units (align_corners=True:
+    f_i = 2·u_i/(n_i - 1) for the voxel displacement u along axis i of size n_i): along each axis a,
+    the forward differences of all three channels are scaled by n_a/2, squared and averaged; the
+    loss is the mean of the three axis terms. In voxels the axis-a difference of channel i is thus
+    scaled by n_a/(n_i - 1), which is close to 1 for a cube, where the loss approaches Grad_l2.
+    """
+    ndim = check_displacement(disp)
+    if ndim != 3:
+        raise ValueError(f"disp: LKU-Net's smoothness loss is 3-D, got a {ndim}-D field {tuple(disp.shape)}")
+    spatial = disp.shape[2:]
+    to_normalised = torch.tensor([2.0 / max(n - 1, 1) for n in spatial], dtype=disp.dtype, device=disp.device)
+    field = disp * to_normalised.view(1, 3, 1, 1, 1)
+    terms = [(torch.diff(field, dim=2 + a) * (spatial[a] / 2)).square().mean() for a in range(3)]
+    return sum(terms) / 3.0
+
+
 class FixedImageNCC:
     """Local squared NCC against one fixed image, with its gradient in closed form.
 

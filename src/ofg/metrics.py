@@ -4,6 +4,7 @@ Conventions:
 - Displacements are (3,D,H,W) (2-D: (2,H,W)) in voxels; channel i moves along array axis i;
   a warped volume is L(x + u(x)).
 - Dice per label; a label absent from both volumes gives NaN (skip it with ``np.nanmean``).
+  The mean over labels follows one of :data:`DICE_RULES` (:func:`mean_dice_of`).
 - %|J|≤0 uses ``np.gradient`` of identity+displacement over the whole volume.
 - SDlogJ "l2r" is the Learn2Reg formula; "plain" is std(log det) over voxels with det > 0.
 - HD95 pools the surface distances of both directions (MedPy's convention) and takes their
@@ -21,6 +22,10 @@ from scipy import ndimage
 from ofg.spatial import warp
 
 _WARP_MODES = ("onehot", "nearest")
+#: how a pair's per-label Dice are averaged: "either" = over the labels present in the warped or
+#: the fixed map; "both" = over the labels present in both the moving (before warping) and the
+#: fixed map (the reference code's AbdomenCTCT rule)
+DICE_RULES = ("either", "both")
 
 
 def _numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -56,6 +61,51 @@ def dice(pred_labels: np.ndarray | torch.Tensor, true_labels: np.ndarray | torch
         if total:
             scores[k] = 2.0 * np.logical_and(p, t).sum() / total
     return scores
+
+
+def labels_present_in_both(moving_labels: np.ndarray | torch.Tensor, fixed_labels: np.ndarray | torch.Tensor,
+                           labels: Sequence[int]) -> np.ndarray:
+    """Boolean (len(labels),): which of ``labels`` occur in both label volumes (moving before warping)."""
+    moving, fixed = _numpy(moving_labels), _numpy(fixed_labels)
+    return np.isin(np.asarray(labels), np.unique(moving)) & np.isin(np.asarray(labels), np.unique(fixed))
+
+
+def mean_dice_of(per_label: np.ndarray, rule: str = "either", present_in_both: np.ndarray | None = None) -> float:
+    """The mean Dice of one pair from its per-label Dice (:func:`dice` of warped vs fixed labels).
+
+    ``rule`` (one of :data:`DICE_RULES`):
+    - "either": the mean over the labels present in the warped or the fixed map (NaN entries, i.e.
+      labels absent from both, are skipped); NaN if there are none.
+    - "both": the sum of Dice over the labels present in both the moving map (before warping) and
+      the fixed map, divided by their count; ``present_in_both`` is that mask
+      (:func:`labels_present_in_both`). NaN if no label is in both. This is the reference code's
+      AbdomenCTCT rule: it sums the Dice of all 13 organs and divides by the number present in both
+      images (an organ missing from either image scores 0 there, so the two sums are equal).
+    """
+    scores = np.asarray(per_label, dtype=np.float64)
+    if rule == "either":
+        return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
+    if rule != "both":
+        raise ValueError(f"rule must be one of {DICE_RULES}, got {rule!r}")
+    if present_in_both is None or np.shape(present_in_both) != scores.shape:
+        raise ValueError(f"rule 'both' needs present_in_both, a boolean mask of shape {scores.shape}")
+    present = np.asarray(present_in_both, dtype=bool)
+    if not present.any():
+        return float("nan")
+    return float(np.nan_to_num(scores[present], nan=0.0).sum() / present.sum())
+
+
+def mean_dice(warped_labels: np.ndarray | torch.Tensor, fixed_labels: np.ndarray | torch.Tensor,
+              labels: Sequence[int], rule: str = "either",
+              moving_labels: np.ndarray | torch.Tensor | None = None) -> float:
+    """Mean Dice of warped vs fixed label volumes (D,H,W) over ``labels`` by ``rule`` (see
+    :func:`mean_dice_of`); rule "both" also needs the ``moving_labels`` before warping."""
+    scores = dice(warped_labels, fixed_labels, labels)
+    if rule != "both":
+        return mean_dice_of(scores, rule)
+    if moving_labels is None:
+        raise ValueError("rule 'both' needs moving_labels, the moving label volume before warping")
+    return mean_dice_of(scores, rule, labels_present_in_both(moving_labels, fixed_labels, labels))
 
 
 def warp_labels(labels: np.ndarray | torch.Tensor, disp: np.ndarray | torch.Tensor,

@@ -59,6 +59,9 @@ class RegistrationDataset(ABC):
         spacing: voxel size in mm, (3,) floats.
         bidirectional: whether the reference protocol trains both directions (inter-subject data).
         augment_flips: whether the reference protocol uses random flips on the train split.
+        train_pairing: "all" (the same train pairs every epoch) or "reference" (new train pairs
+            every epoch, :mod:`ofg.data.pairing`); a trainer takes epoch e's pairs from
+            :meth:`epoch_pairs`.
     """
 
     name: str
@@ -67,10 +70,16 @@ class RegistrationDataset(ABC):
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     bidirectional: bool = False
     augment_flips: bool = False
+    train_pairing: str = "all"
 
     @abstractmethod
     def pairs(self, split: str) -> PairList:
         """The pairs of ``split`` (one of ``SPLITS``)."""
+
+    def epoch_pairs(self, split: str, epoch: int) -> PairList:
+        """The pairs of ``split`` that training epoch ``epoch`` (0-based) visits; by default the
+        same every epoch, :meth:`pairs`."""
+        return self.pairs(split)
 
     def ground_truth(self, split: str, index: int) -> np.ndarray | None:
         """True displacement (3,D,H,W) in voxels for pair ``index`` of ``split``, or None if unknown."""

@@ -18,8 +18,12 @@ label holds FreeSurfer aseg IDs. Semantics (reference protocol):
 
 Options: ``max_train`` / ``max_val`` (None = all) draw that many subjects as the reference does
 (sort the paths, ``random.seed(seed); random.sample(paths, k)``, sort): the reference code trains on
-``max_train=200`` and validates on ``max_val=20`` with ``seed=42``. ``image_size`` see
-:mod:`ofg.data.realdata`. Only open pickles from a source you trust: unpickling can run code.
+``max_train=200`` and validates on ``max_val=20`` with ``seed=42``. ``test_subset`` (one of
+:data:`TEST_SUBSETS`) picks the test subjects: ``"all"`` = the 115 subjects of Test/ (TransMorph's
+table), ``"reference20"`` = 20 of them drawn the same way with ``seed`` (the reference's
+``infer.py``, which samples 20 subjects with seed 42 from the folder it is given); the test note
+names the choice. ``image_size`` see :mod:`ofg.data.realdata`. Only open pickles from a source you
+trust: unpickling can run code.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ from ofg.io import DataError, load_pickle, require_file
 
 PAPER_SIZE: Size = (160, 192, 224)
 SPLIT_FOLDERS = {"train": "Train", "val": "Val", "test": "Test"}
+#: test subject choices -> how many subjects are sampled (None = all)
+TEST_SUBSETS = {"all": None, "reference20": 20}
 
 
 def read_ixi_pickle(path: Path, expected: Size | None) -> tuple[np.ndarray, np.ndarray]:
@@ -99,12 +105,15 @@ def open_ixi(
     max_train: int | None = None,
     max_val: int | None = None,
     seed: int = 42,
+    test_subset: str = "all",
 ) -> RealDataset:
     """Open the IXI pkl release under ``root`` (see the module docstring for layout and options)."""
+    if test_subset not in TEST_SUBSETS:
+        raise ValueError(f"test_subset must be one of {tuple(TEST_SUBSETS)}, got {test_subset!r}")
     root = require_root(root, "IXI")
     atlas = require_file(root / "atlas.pkl", "IXI atlas")
     expected = resolve_size(image_size, PAPER_SIZE, lambda: _atlas_shape(atlas))
-    counts = {"train": max_train, "val": max_val, "test": None}
+    counts = {"train": max_train, "val": max_val, "test": TEST_SUBSETS[test_subset]}
     splits: dict[str, PairList] = {}
     notes: dict[str, str] = {}
     for split, folder in SPLIT_FOLDERS.items():
@@ -119,6 +128,7 @@ def open_ixi(
         notes[split] = f"atlas -> {len(chosen)} of {len(found)} subjects in {folder}/" + (
             f" (sampled with seed {seed})" if len(chosen) < len(found) else ""
         )
+    notes["test"] += f"; test_subset {test_subset!r}"
     return RealDataset(
         name="ixi",
         root=root,

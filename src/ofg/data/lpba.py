@@ -25,10 +25,18 @@ Two layouts, detected automatically (``layout="auto"``; or force ``"preprocessed
     no reorientation. Splits by subject ID as in (a): S01 is the atlas, S02..S10 test, S11..S40 train
     (whichever of them are present).
 
-Both: images are min-max rescaled to [0, 1] per volume (``normalize=True``; a no-op for volumes
-already spanning [0, 1]). There is no validation set in either layout: val = the test pairs
-(``notes["val"]`` says so) unless a ``val/`` folder exists in the preprocessed layout.
-``augment_flips`` is True, ``bidirectional`` False. ``image_size`` see :mod:`ofg.data.realdata`.
+Intensities (``normalize``): the reference code reads the preprocessed files as raw arrays, with no
+rescaling, so the preprocessed layout is read raw by default (``normalize=None`` -> False). The
+loader does not know the release's intensity range and does not check it; min-max rescaling to
+[0, 1] per volume (``normalize=True``) equals the raw read only for volumes that already span
+exactly [0, 1]. The LONI layout, which the reference never reads, is rescaled by default
+(``normalize=None`` -> True), since its raw Analyze values are scanner units. The local NCC of the
+losses is nearly invariant to the intensity scale (only its 1e-5 guard is not).
+
+Both: no flip augmentation (``augment_flips`` False: the reference's LPBA dataset ignores its
+transforms), ``bidirectional`` False. There is no validation set in either layout: val = the test
+pairs (``notes["val"]`` says so) unless a ``val/`` folder exists in the preprocessed layout.
+``image_size`` see :mod:`ofg.data.realdata`.
 """
 
 from __future__ import annotations
@@ -307,17 +315,20 @@ def open_lpba(
     root: Path,
     layout: str = "auto",
     image_size: SizeOption = "paper",
-    normalize: bool = True,
+    normalize: bool | None = None,
     resample_mm: float = 1.0,
 ) -> RealDataset:
     """Open LPBA40 under ``root`` (see the module docstring for layouts and options).
 
+    ``normalize`` None is the layout's default: raw for "preprocessed", min-max for "loni".
     ``resample_mm`` applies to the LONI layout only.
     """
     if not resample_mm > 0:
         raise ValueError(f"resample_mm must be positive; got {resample_mm!r}")
     root = require_root(root, "LPBA40")
     found = detect_layout(root) if layout == "auto" else layout
+    if normalize is None:
+        normalize = found == "loni"
     if found == "preprocessed":
         splits, notes, size, spacing = _open_preprocessed(root, image_size, normalize)
     elif found == "loni":
@@ -338,6 +349,6 @@ def open_lpba(
         splits=splits,
         spacing=spacing,  # type: ignore[arg-type]
         bidirectional=False,
-        augment_flips=True,
+        augment_flips=False,
         notes=notes,
     )

@@ -21,17 +21,26 @@ Two layouts, detected automatically (``layout="auto"``; or force ``"nifti"`` / `
                       registers x to y)
         Test/*.pkl    optional, same format as Val/; without it test = the Val pairs
 
-    Train = all unordered pairs of the Train subjects (optionally ``max_train`` of them, drawn as
-    the reference does with ``seed``; the reference code draws 200 with seed 42 and pairs each with
-    a random partner every epoch). Spacing is 1 mm (pickles carry no header).
+    Train = the Train subjects (see ``train_pairs``). Spacing is 1 mm (pickles carry no header).
 
-Both: ``bidirectional`` is True (the reference trains x->y and y->x per pair; each unordered train
-pair stands for both directions), ``augment_flips`` False. ``image_size`` see
-:mod:`ofg.data.realdata`.
+Both: ``bidirectional`` is True (the reference trains x->y and y->x per pair; each train pair
+stands for both directions), ``augment_flips`` False. ``image_size`` see :mod:`ofg.data.realdata`.
+
+Train pairs (``train_pairs``, :mod:`ofg.data.pairing`), over the training subjects (Train/ files,
+or the JSON's training subjects outside the val/test pairs), of which ``max_train`` are first drawn
+as the reference does (sorted names, ``random.Random(seed).sample``, sorted):
+- ``"all"`` (default): every unordered pair, the same list every epoch; ``max_train`` None = all
+  subjects.
+- ``"reference"``: the reference code's epochs: ``max_train`` subjects (None = 200, with
+  ``seed`` 42 the reference's sample; all of them if fewer exist), each paired every epoch with a
+  random other one and trained both ways, 400 steps per epoch. Epoch e's pairs are
+  ``dataset.epoch_pairs("train", e)``; ``pairs("train")`` is epoch 0's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -40,15 +49,18 @@ import numpy as np
 
 from ofg.data.base import Pair, PairList
 from ofg.data.labels import OASIS_LABEL_NAMES, OASIS_LABELS
-from ofg.data.learn2reg import learn2reg_pair_splits, read_learn2reg
+from ofg.data.learn2reg import Learn2RegSplits, learn2reg_pair_splits, read_learn2reg
+from ofg.data.pairing import REFERENCE_TRAIN_SUBJECTS, ReferenceEpochs, check_pairing, reference_note
 from ofg.data.realdata import (
     RealDataset,
     Size,
     SizeOption,
+    Volume,
     check_axes,
     check_volume,
     integral_label,
     make_pair,
+    nifti_pair_list,
     require_dir,
     require_root,
     resolve_size,
@@ -127,37 +139,67 @@ def _pair_files_list(files: Sequence[Path], expected: Size) -> PairList:
     return PairList(keys=keys, load=_PairFiles(tuple(files), expected))
 
 
+def _subject_pair_list(subjects: tuple[Path, ...], expected: Size,
+                       index_pairs: tuple[tuple[int, int], ...]) -> PairList:
+    keys = tuple((subjects[a].stem, subjects[b].stem) for a, b in index_pairs)
+    return PairList(keys=keys, load=_SubjectPairs(subjects, index_pairs, expected))
+
+
+def _volume_pair_list(volumes: tuple[Volume, ...], expected: Size, axes: tuple[int, int, int] | None,
+                      index_pairs: tuple[tuple[int, int], ...]) -> PairList:
+    return nifti_pair_list([(volumes[a], volumes[b]) for a, b in index_pairs], expected, axes)
+
+
+def _train_count(max_train: int | None, pairing: str) -> int | None:
+    return REFERENCE_TRAIN_SUBJECTS if max_train is None and pairing == "reference" else max_train
+
+
 def _open_pkl(
-    root: Path, image_size: SizeOption, max_train: int | None, seed: int
-) -> tuple[dict, dict, Size]:
+    root: Path, image_size: SizeOption, max_train: int | None, seed: int, pairing: str
+) -> tuple[dict, dict, Size, ReferenceEpochs | None]:
     train_files = _pickles(root / "Train", "train")
     val_files = _pickles(root / "Val", "val")
     test_dir = root / "Test"
     test_files = _pickles(test_dir, "test") if test_dir.exists() else val_files
     expected = resolve_size(image_size, PKL_SIZE, lambda: read_subject_pickle(train_files[0], None)[0].shape)
-    names = sample_subjects([f.name for f in train_files], max_train, seed)
+    names = sample_subjects([f.name for f in train_files], _train_count(max_train, pairing), seed)
     subjects = tuple(root / "Train" / n for n in names)
-    index_pairs = tuple(unordered_pairs(len(subjects)))
-    if not index_pairs:
+    if len(subjects) < 2:
         raise DataError(f"OASIS train folder needs at least two subjects: {root / 'Train'}")
-    keys = tuple((subjects[a].stem, subjects[b].stem) for a, b in index_pairs)
-    splits = {
-        "train": PairList(keys=keys, load=_SubjectPairs(subjects, index_pairs, expected)),
-        "val": _pair_files_list(val_files, expected),
-        "test": _pair_files_list(test_files, expected),
-    }
+    make_list = functools.partial(_subject_pair_list, subjects, expected)
+    epochs = ReferenceEpochs(len(subjects), seed, make_list) if pairing == "reference" else None
+    train = epochs(0) if epochs else make_list(tuple(unordered_pairs(len(subjects))))
+    splits = {"train": train, "val": _pair_files_list(val_files, expected),
+              "test": _pair_files_list(test_files, expected)}
     notes = {
-        "train": f"all {len(keys)} unordered pairs of {len(subjects)} Train/ subjects (each trained both ways)",
+        "train": (reference_note(len(subjects), len(train_files), seed, "Train/") if epochs else
+                  f"all {len(train)} unordered pairs of {len(subjects)} Train/ subjects (each trained both ways)"),
         "val": f"{len(val_files)} Val/ pairs, moving = x, fixed = y",
         "test": "Test/ pairs" if test_dir.exists() else "no Test/ folder: test = the Val/ pairs",
     }
-    return splits, notes, expected
+    return splits, notes, expected, epochs
+
+
+def _sampled(layout: Learn2RegSplits, count: int | None, seed: int) -> Learn2RegSplits:
+    keys = set(sample_subjects([v.key for v in layout.train_subjects], count, seed))
+    return dataclasses.replace(layout, train_subjects=tuple(v for v in layout.train_subjects if v.key in keys))
 
 
 def _open_nifti(
-    root: Path, image_size: SizeOption, axes: tuple[int, int, int] | None
-) -> tuple[dict, dict, Size, tuple]:
-    return learn2reg_pair_splits(read_learn2reg(root, JSON_NAME), NIFTI_SIZE, image_size, axes)
+    root: Path, image_size: SizeOption, axes: tuple[int, int, int] | None, max_train: int | None, seed: int,
+    pairing: str,
+) -> tuple[dict, dict, Size, tuple, ReferenceEpochs | None]:
+    found = read_learn2reg(root, JSON_NAME)
+    layout = _sampled(found, _train_count(max_train, pairing), seed)
+    splits, notes, expected, spacing = learn2reg_pair_splits(layout, NIFTI_SIZE, image_size, axes)
+    epochs = None
+    if pairing == "reference":
+        make_list = functools.partial(_volume_pair_list, layout.train_subjects, expected, axes)
+        epochs = ReferenceEpochs(len(layout.train_subjects), seed, make_list)
+        splits["train"] = epochs(0)
+        notes["train"] = reference_note(len(layout.train_subjects), len(found.train_subjects), seed,
+                                        "training (outside the val/test pairs)")
+    return splits, notes, expected, spacing, epochs
 
 
 def detect_layout(root: Path) -> str:
@@ -176,23 +218,22 @@ def open_oasis(
     axes: Sequence[int] | None = None,
     max_train: int | None = None,
     seed: int = 42,
+    train_pairs: str = "all",
 ) -> RealDataset:
     """Open OASIS under ``root`` (see the module docstring for layouts and options).
 
-    ``axes`` applies to the NIfTI layout only; ``max_train``/``seed`` to the pkl layout only.
+    ``axes`` applies to the NIfTI layout only; ``max_train``, ``seed`` and ``train_pairs`` to both.
     """
     root = require_root(root, "OASIS")
+    pairing = check_pairing(train_pairs)
     found = detect_layout(root) if layout == "auto" else layout
     if found == "nifti":
-        if max_train is not None:
-            raise ValueError(
-                "max_train applies to the pkl layout only; the NIfTI layout uses the JSON's training list"
-            )
-        splits, notes, expected, spacing = _open_nifti(root, image_size, check_axes(axes))
+        splits, notes, expected, spacing, epochs = _open_nifti(root, image_size, check_axes(axes), max_train,
+                                                               seed, pairing)
     elif found == "pkl":
         if axes is not None:
             raise ValueError("axes applies to the NIfTI layout only")
-        splits, notes, expected = _open_pkl(root, image_size, max_train, seed)
+        splits, notes, expected, epochs = _open_pkl(root, image_size, max_train, seed, pairing)
         spacing = (1.0, 1.0, 1.0)
     else:
         raise ValueError(f"unknown OASIS layout {layout!r}; expected 'auto', 'nifti' or 'pkl'")
@@ -208,4 +249,6 @@ def open_oasis(
         bidirectional=True,
         augment_flips=False,
         notes=notes,
+        train_pairing=pairing,
+        train_epochs=epochs,
     )

@@ -181,8 +181,9 @@ class RealDataset(RegistrationDataset):
     """A real dataset: fixed per-split pair lists built by one of the loaders.
 
     Attributes beyond :class:`RegistrationDataset`: ``root`` (the data folder, never written),
-    ``layout`` (which release layout was detected), ``label_names`` (label value -> structure) and
-    ``notes`` (split -> how that split was formed).
+    ``layout`` (which release layout was detected), ``label_names`` (label value -> structure),
+    ``notes`` (split -> how that split was formed) and ``train_epochs`` (epoch -> train pairs, set
+    with the reference pairing; then ``pairs("train")`` is epoch 0's list).
     """
 
     name: str
@@ -196,10 +197,19 @@ class RealDataset(RegistrationDataset):
     bidirectional: bool = False
     augment_flips: bool = False
     notes: dict[str, str] = field(default_factory=dict)
+    train_pairing: str = "all"
+    train_epochs: Callable[[int], PairList] | None = None
 
     def pairs(self, split: str) -> PairList:
         """The pairs of ``split``; item i is a Pair of (D,H,W) arrays, loaded only when indexed."""
         return self.splits[check_split(split)]
+
+    def epoch_pairs(self, split: str, epoch: int) -> PairList:
+        """The pairs epoch ``epoch`` visits: ``train_epochs(epoch)`` for the train split when set,
+        else :meth:`pairs`."""
+        if check_split(split) == "train" and self.train_epochs is not None:
+            return self.train_epochs(epoch)
+        return self.pairs(split)
 
 
 def make_pair(moving: tuple[np.ndarray, np.ndarray], fixed: tuple[np.ndarray, np.ndarray]) -> Pair:

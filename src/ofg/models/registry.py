@@ -1,8 +1,9 @@
 """Model registry: ``build_model(name, img_size, size="paper"|"small", **overrides)``.
 
-"paper" reproduces the configurations of the reference implementations; "small" keeps
-each design with fewer channels, blocks and heads for CPU training on 32^3-96^3 volumes.
-Overrides replace single constructor arguments of the chosen configuration.
+"paper" reproduces the configurations of the reference implementations; "small" keeps each design
+with fewer channels, blocks and heads for CPU training on 32^3-96^3 volumes. Overrides replace
+single constructor arguments of the chosen configuration, e.g. the reference's LPBA40 TransMorph:
+``build_model("transmorph", (160, 192, 160), size="paper", window=(5, 6, 5))``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "transmorph": {
         "paper": dict(embed_dim=96, depths=(2, 2, 4, 2), heads=(4, 4, 8, 8), window=(5, 6, 7),
                       mlp_ratio=4.0, qkv_bias=False, drop_path=0.3, reg_head_chan=16),
-        # window None: the largest size <= 7 that divides every stage's map (2 at 64^3, 3 at 96^3).
+        # window None: per axis the largest size <= 7 that needs no padding (2 at 64^3, 3 at 96^3).
         "small": dict(embed_dim=24, depths=(1, 1, 2, 1), heads=(2, 2, 4, 4), window=None,
                       mlp_ratio=4.0, qkv_bias=False, drop_path=0.1, reg_head_chan=8),
     },
