@@ -84,6 +84,15 @@ def test_run_config_is_valid_and_self_training_uses_unsupervised_teacher():
     assert ablation["epochs"] == config["training"]["epochs"]
 
 
+def test_model_options_become_the_model_overrides_of_the_dataset_s_runs():
+    config = load_config("config.yaml")
+    config["datasets"]["embedded-brain"]["model_options"] = {"voxelmorph": {"encoder": [4, 8, 8, 8]}}
+    rc = ofg_plan.run_config(config, ofg_plan.Run("embedded-brain", "voxelmorph", "unsupervised"))
+    assert rc["model"]["overrides"] == {"encoder": [4, 8, 8, 8]}
+    ct = ofg_plan.run_config(config, ofg_plan.Run("embedded-ct", "voxelmorph", "unsupervised"))
+    assert ct["model"]["overrides"] == {}
+
+
 def test_refinement_parameters_carry_the_window_and_label_mode():
     config = load_config("config.yaml")
     config["ofg"]["window"] = 5

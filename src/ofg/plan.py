@@ -150,7 +150,9 @@ def prepare_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, Any
 
 def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
     """The run config (see :mod:`ofg.config`) of ``run``, validated; the teacher of a self-training run
-    is the best checkpoint of the same dataset and model's unsupervised run."""
+    is the best checkpoint of the same dataset and model's unsupervised run. The dataset's
+    ``model_options`` of ``run.model`` become the model's constructor overrides (e.g. TransMorph's
+    per-dataset window)."""
     entry = config["datasets"][run.dataset]
     train = config["training"]
     ofg = dict(config["ofg"])
@@ -159,7 +161,8 @@ def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
     out: dict[str, Any] = {
         "dataset": {"name": run.dataset, "root": str(data_root(config, run.dataset)),
                     "options": dict(entry.get("options", {}))},
-        "model": {"name": run.model, "size": config["model_size"]},
+        "model": {"name": run.model, "size": config["model_size"],
+                  "overrides": dict(entry.get("model_options", {}).get(run.model, {}))},
         "method": run.method,
         "ofg": ofg,
         "loss": dict(train["loss"]),
