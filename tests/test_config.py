@@ -25,6 +25,7 @@ augment_flips: null
 teacher: null
 compile: false
 amp: false
+channels_last: false
 num_workers: 0
 """
 

@@ -378,3 +378,35 @@ def test_amp_runs_the_network_in_bfloat16_and_the_loss_in_float32(tmp_path, monk
     run = train(make_config("unsupervised", epochs=1, amp=True), tmp_path / "run", progress=False)
     assert seen and set(seen) == {torch.float32}
     assert all(t.dtype == torch.float32 for t in weights(run).values())
+
+
+def test_fast_path_resumes_bitwise_and_auto_resolves_from_the_device(tmp_path):
+    """The fast path (bf16 autocast + channels-last network) keeps exact resume on CPU; "auto" is
+    stored resolved, so a resumed run knows which path it was on."""
+    from ofg.runtime import bf16_is_fast
+
+    config = resume_config(amp=True, channels_last=True)
+    reference = train(config, tmp_path / "straight", progress=False)
+    stopped = train(config, tmp_path / "stopped", progress=False, stop_after_epochs=1)
+    train(config, stopped, progress=False)
+    assert_same_weights(weights(reference), weights(stopped))
+    auto = train(resume_config(amp="auto", channels_last="auto", epochs=1), tmp_path / "auto", progress=False)
+    stored = RunConfig.load(auto / "config.yaml")
+    assert stored.amp is stored.channels_last is bf16_is_fast(torch.device("cpu"))
+
+
+def test_fused_refinement_option_trains_and_resumes(tmp_path, monkeypatch):
+    """ofg.fused: true reaches the refinement (uncompiled here: compiling is the slow test of test_fused)."""
+    from ofg import fused
+
+    monkeypatch.setitem(fused._COMPILED, "refine_step", fused.refine_step)
+    monkeypatch.setitem(fused._COMPILED, "energy_and_gradient", fused.energy_and_gradient)
+    calls = []
+    original = fused.refine_step
+    monkeypatch.setitem(fused._COMPILED, "refine_step", lambda *a: calls.append(1) or original(*a))
+    config = resume_config(ofg={"steps": 2, "fused": True})
+    reference = train(config, tmp_path / "straight", progress=False)
+    assert calls
+    stopped = train(config, tmp_path / "stopped", progress=False, stop_after_epochs=1)
+    train(config, stopped, progress=False)
+    assert_same_weights(weights(reference), weights(stopped))

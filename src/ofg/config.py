@@ -17,7 +17,8 @@ The YAML keys are fixed (the workflow writes them)::
     augment_flips: null
     teacher: null
     compile: false
-    amp: false
+    amp: false           # true | false | auto (auto: where bf16 is native, see ofg.runtime)
+    channels_last: false # true | false | auto
     num_workers: 0
 
 The defaults are the reference protocol: Adam(amsgrad) at lr 1e-4 with poly decay 0.9 per epoch,
@@ -44,6 +45,7 @@ import yaml
 from ofg.guidance import RefineSettings
 from ofg.io import DataError, require_file, write_text_atomic
 from ofg.models import MODEL_NAMES
+from ofg.runtime import bf16_is_fast
 
 METHODS = ("unsupervised", "ofg", "self_training", "opt_self_training")
 TEACHER_METHODS = ("self_training", "opt_self_training")
@@ -98,7 +100,8 @@ class RunConfig:
     augment_flips: bool | None = None
     teacher: str | None = None
     compile: bool = False
-    amp: bool = False
+    amp: bool | str = False
+    channels_last: bool | str = False
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -216,6 +219,7 @@ def validate(config: RunConfig) -> RunConfig:
     _check(_is_number(config.ofg.lr) and config.ofg.lr > 0, "ofg.lr", "a number > 0", config.ofg.lr)
     _check(_is_number(config.ofg.reg_weight) and config.ofg.reg_weight >= 0, "ofg.reg_weight", "a number >= 0",
            config.ofg.reg_weight)
+    _check(isinstance(config.ofg.fused, bool), "ofg.fused", "true or false", config.ofg.fused)
     _check(_is_int(config.ofg.window) and config.ofg.window >= 1 and config.ofg.window % 2 == 1, "ofg.window",
            "a positive odd integer", config.ofg.window)
     for key in ("ncc_weight", "mse_weight"):
@@ -234,8 +238,10 @@ def validate(config: RunConfig) -> RunConfig:
     for key in ("bidirectional", "augment_flips"):
         value = getattr(config, key)
         _check(value is None or isinstance(value, bool), key, "null, true or false", value)
-    for key in ("compile", "amp"):
-        _check(isinstance(getattr(config, key), bool), key, "true or false", getattr(config, key))
+    _check(isinstance(config.compile, bool), "compile", "true or false", config.compile)
+    for key in ("amp", "channels_last"):
+        value = getattr(config, key)
+        _check(isinstance(value, bool) or value == "auto", key, "true, false or auto", value)
     _check(_is_int(config.num_workers) and config.num_workers >= 0, "num_workers", "an integer >= 0",
            config.num_workers)
     _check(config.teacher is None or isinstance(config.teacher, (str, Path)), "teacher",
@@ -255,13 +261,18 @@ def _valid_device(device: str) -> bool:
     return head == "cuda" and index.isdigit()
 
 
-def resolve(config: RunConfig, dataset: Any | None = None) -> RunConfig:
+def resolve(config: RunConfig, dataset: Any | None = None, device: Any | None = None) -> RunConfig:
     """A copy with every null default filled in.
 
     ``loss.diffusion_weight`` comes from the method; ``bidirectional`` and ``augment_flips`` from
-    ``dataset`` (a :class:`ofg.data.RegistrationDataset`; when None they stay as they are).
+    ``dataset`` (a :class:`ofg.data.RegistrationDataset`; when None they stay as they are);
+    ``amp`` / ``channels_last`` "auto" from ``device`` (:func:`ofg.runtime.bf16_is_fast`).
     """
     out = copy.deepcopy(config)
+    if device is not None:
+        for key in ("amp", "channels_last"):
+            if getattr(out, key) == "auto":
+                setattr(out, key, bf16_is_fast(device))
     out.loss.diffusion_weight = config.diffusion_weight
     if dataset is not None:
         if out.bidirectional is None:

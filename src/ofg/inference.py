@@ -34,19 +34,23 @@ def device_of(model: torch.nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def forward(model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor,
-            amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def forward(model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor, amp: bool = False,
+            channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(warped (B,1,D,H,W), displacement (B,3,D,H,W)) of ``model`` for moving→fixed, with gradients.
 
-    Under ``amp`` only the network runs in bfloat16 autocast; the field is cast to float32 and the
-    warp redone in float32, so every loss sees float32.
+    The fast path: under ``amp`` only the network runs in bfloat16 autocast; with ``channels_last``
+    its input is laid out channels-last (for a network converted with
+    ``model.to(memory_format=torch.channels_last_3d)``). Either way the field comes back float32 and
+    contiguous and the warp is redone in float32, so every loss sees what the float32 path gives it.
     """
     x = torch.cat([moving, fixed], dim=1)
-    if not amp:
+    if not (amp or channels_last):
         return model(x)
-    with torch.autocast(device_type=moving.device.type, dtype=AMP_DTYPE):
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    with torch.autocast(device_type=moving.device.type, dtype=AMP_DTYPE, enabled=amp):
         _, disp = model(x)
-    disp = disp.float()
+    disp = disp.float().contiguous()
     return warp(moving, disp), disp
 
 

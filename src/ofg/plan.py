@@ -169,7 +169,8 @@ def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
         "device": config["device"],
         "teacher": None,
     }
-    for key in ("epochs", "iterations_per_epoch", "val_pairs", "lr", "seed", "compile", "amp", "num_workers"):
+    for key in ("epochs", "iterations_per_epoch", "val_pairs", "lr", "seed", "compile", "amp", "channels_last",
+                "num_workers"):
         out[key] = train[key]
     for key in ("bidirectional", "augment_flips"):
         out[key] = entry.get(key)
@@ -253,7 +254,8 @@ def tiny_config(results: str | Path | None = None) -> dict[str, Any]:
         "datasets": {"embedded-brain": {"prepare": {"preset": "tiny", "seed": 0}, "options": {},
                                         "models": ["voxelmorph"]}},
         "training": {"epochs": 1, "iterations_per_epoch": 2, "val_pairs": 1, "lr": 1.0e-4, "seed": 0,
-                     "compile": False, "amp": False, "num_workers": 0,
+                     "compile": False, "amp": False, "channels_last": False,
+                     "num_workers": 0,
                      "loss": {"ncc_weight": 1.0, "mse_weight": 1.0, "diffusion_weight": None}},
         "ofg": {"steps": 2, "lr": 0.1, "reg_weight": 1.0, "window": 9},
         "evaluation": {"split": "test", "hd95": False, "label_mode": "onehot"},

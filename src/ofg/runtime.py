@@ -45,6 +45,19 @@ def use_threads(threads: int) -> int:
     return count
 
 
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 convolutions natively: CUDA with bf16 support, or a CPU whose
+    oneDNN has bf16 kernels (AVX-512 BF16 or AMX). There the network's fast path pays off."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued CUDA work on ``device`` (a no-op elsewhere), so wall-clock timings are honest."""
     if device.type == "cuda":

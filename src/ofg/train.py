@@ -86,7 +86,7 @@ class Step:
                  flips: tuple[int, ...] = ()) -> tuple[float, dict[str, float], float]:
         """One optimiser step on moving→fixed: (loss, terms, target seconds); TrainingDiverged on NaN/Inf."""
         self.optimizer.zero_grad(set_to_none=True)
-        warped, disp = forward(self.model, moving, fixed, amp=self.config.amp)
+        warped, disp = forward(self.model, moving, fixed, amp=self.config.amp, channels_last=self.config.channels_last)
         loss, terms, seconds = self.objective(moving, fixed, warped, disp, key, flips)
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -171,7 +171,7 @@ def train(config: RunConfig | dict | str | Path, out_dir: str | Path, *, restart
     folder = RunFolder(out_dir)
     device = resolve_device(config.device)
     dataset = open_dataset(config.dataset.name, config.dataset.root, **config.dataset.options)
-    config = resolve(config, dataset)
+    config = resolve(config, dataset, device)
     if len(dataset.pairs("train")) == 0:
         raise ValueError(f"dataset {config.dataset.name!r} at {config.dataset.root} has no train pairs")
     status = prepare_run_folder(folder, config, restart=restart, if_stale=if_stale)
@@ -198,6 +198,8 @@ def _train(config: RunConfig, dataset: Any, folder: RunFolder, device: torch.dev
     np.random.seed(config.seed)
     random.seed(config.seed)
     model = build_network(config, image_size).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, amsgrad=True, weight_decay=0)
     state = _State()
     if status == "resume":

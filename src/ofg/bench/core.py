@@ -162,6 +162,20 @@ def _smooth_noise(shape: tuple[int, ...], generator: torch.Generator, passes: in
     return image / image.max()
 
 
+DEFAULT_SIZES = (64, 128)
+
+
+def cube_edges(sizes: list[tuple[int, int, int]] | None, default: tuple[int, ...]) -> list[int]:
+    """The cube edges among ``sizes`` (this section times cubes); ``default`` when none are given."""
+    if sizes is None:
+        return list(default)
+    edges = [shape[0] for shape in sizes if len(set(shape)) == 1]
+    skipped = [shape for shape in sizes if len(set(shape)) != 1]
+    if skipped:
+        print(f"(sizes {skipped} are not cubes: this section times cubes only; skipped)")
+    return edges
+
+
 def make_inputs(size: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """moving, fixed (1,1,s,s,s) in [0,1] and a smooth displacement (1,3,s,s,s) of a few voxels."""
     generator = torch.Generator().manual_seed(seed)
@@ -229,7 +243,7 @@ def run(args: argparse.Namespace) -> None:
     mib = 2.0 ** 20
     single_runs = False
     accuracy: list[str] = []
-    for size in args.sizes:
+    for size in cube_edges(args.sizes, DEFAULT_SIZES):
         moving, fixed, disp = make_inputs(size, device)
         warped = naive_warp(moving, disp)
 

@@ -68,7 +68,7 @@ def time_training_iteration(name: str, size: str, img_size: tuple[int, int, int]
 def run(args: Any) -> list[dict[str, Any]]:
     """Print and return one row per (model, size) benchmarked on ``args.device``."""
     device = torch.device(args.device)
-    plan = [(name, "small", SMALL_IMG_SIZE) for name in MODEL_NAMES]
+    plan = [(name, "small", SMALL_IMG_SIZE) for name in MODEL_NAMES]  # fixed sizes: --sizes is for core and train
     if device.type == "cuda":
         plan += [(name, "paper", PAPER_IMG_SIZE) for name in MODEL_NAMES]
     rows = []

@@ -1,14 +1,19 @@
-"""Training benchmark: one iteration of OFG (k=10) against one unsupervised iteration.
+"""Training benchmark: one iteration of OFG (k=10) against one unsupervised iteration, on both paths.
 
-An iteration is one call of :class:`ofg.train.Step` (forward, loss, backward, Adam step), the
-code path of real training, for a small VoxelMorph at 64^3 and batch 1. Reported: the median
-wall time over ``repeats`` iterations after one warm-up, its ratio OFG/unsupervised (target
-<= 1.25x), and the peak memory of an iteration and its ratio (target <= 1.5x).
+An iteration is one call of :class:`ofg.train.Step` (forward, loss, backward, Adam step), the code
+path of real training, for a small VoxelMorph, batch 1, at each size (default: the embedded cohorts'
+48×64×48 brain and 64×64×48 CT). Each size is timed on two paths side by side:
 
-Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` of one iteration. On CPU each method is
-measured in a fresh subprocess (so that neither inherits the other's heap): the peak resident set
-size (VmHWM) over warm-up and timed iterations minus the resident size after set-up (model, images
-and optimiser built, before the first iteration), i.e. the extra memory training needs.
+- ``float32``: everything in float32, contiguous memory;
+- ``fast``: the network in channels-last (``channels_last_3d``) under bfloat16 autocast; the losses,
+  the warp and the OFG refinement stay float32 (config keys ``amp`` and ``channels_last``).
+
+Reported: the median wall time over ``repeats`` iterations after one warm-up, the refinement's part,
+the OFG/unsupervised ratio per path (target ≤ 1.25×) and the fast/float32 speed-up per method, and the
+peak memory of an iteration and its ratio (target ≤ 1.5×). Peak memory: on CUDA
+``torch.cuda.max_memory_allocated``; on CPU each measurement runs in a fresh subprocess (neither
+inherits the other's heap): the peak resident set size (VmHWM) over the iterations minus the resident
+size after set-up, i.e. the extra memory training needs.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ import torch
 
 from ofg.config import RunConfig
 from ofg.objectives import build_objective
+from ofg.runtime import bf16_is_fast, synchronize
 from ofg.train import Step, build_network
 
-SIZE = 64
+SHAPES = ((48, 64, 48), (64, 64, 48))
 METHODS = ("unsupervised", "ofg")
+PATHS = ("float32", "fast")
 TIME_TARGET = 1.25
 MEMORY_TARGET = 1.5
 
@@ -41,25 +48,29 @@ def _rss_mb(field: str) -> float:
     raise OSError(f"{field} not in /proc/self/status")
 
 
-def _images(size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A smooth random image pair (1,1,size^3) on ``device``; fixed is a shifted copy of moving."""
+def _images(shape: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A smooth random image pair (1,1,D,H,W) on ``device``; fixed is a shifted copy of moving."""
     generator = torch.Generator().manual_seed(0)
-    noise = torch.rand(1, 1, size, size, size, generator=generator)
+    noise = torch.rand(1, 1, *shape, generator=generator)
     moving = torch.nn.functional.avg_pool3d(noise, 5, stride=1, padding=2)
     fixed = torch.roll(moving, shifts=(1, 2, -1), dims=(2, 3, 4))
     return moving.to(device), fixed.to(device)
 
 
-def measure(method: str, size: int, device: torch.device, repeats: int, steps: int = 10) -> dict[str, float]:
-    """Median seconds per iteration and peak memory (MiB) of ``method`` (see the module docstring)."""
+def measure(method: str, shape: int | tuple[int, int, int], device: torch.device, repeats: int, steps: int = 10,
+            path: str = "float32") -> dict[str, float]:
+    """Median seconds per iteration and peak memory (MiB) of ``method`` on ``path`` (module docstring)."""
+    shape = (shape,) * 3 if isinstance(shape, int) else tuple(shape)
+    fast = path == "fast"
     config = RunConfig.from_dict({"method": method, "model": {"name": "voxelmorph", "size": "small"},
-                                  "ofg": {"steps": steps}, "epochs": 1})
+                                  "ofg": {"steps": steps}, "epochs": 1, "amp": fast, "channels_last": fast})
     torch.manual_seed(0)
-    model = build_network(config, (size, size, size)).to(device).train()
+    model = build_network(config, shape).to(device).train()
+    if fast:
+        model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, amsgrad=True)
-    objective = build_objective(config, (size, size, size), Path("unused"), device)
-    step = Step(config, model, optimizer, objective)
-    moving, fixed = _images(size, device)
+    step = Step(config, model, optimizer, build_objective(config, shape, Path("unused"), device))
+    moving, fixed = _images(shape, device)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
@@ -72,8 +83,7 @@ def measure(method: str, size: int, device: torch.device, repeats: int, steps: i
     for i in range(repeats + 1):
         start = time.perf_counter()
         _, _, target_seconds = step(moving, fixed, "bench", epoch=0)
-        if cuda:
-            torch.cuda.synchronize(device)
+        synchronize(device)
         if i > 0:
             times.append(time.perf_counter() - start)
             refine_times.append(target_seconds)
@@ -87,42 +97,49 @@ def measure(method: str, size: int, device: torch.device, repeats: int, steps: i
             "peak_mb": peak, "total_peak_mb": total}
 
 
-def _measure_in_subprocess(method: str, size: int, repeats: int) -> dict[str, float]:
+def _measure_in_subprocess(method: str, shape: tuple[int, int, int], repeats: int, path: str) -> dict[str, float]:
     threads = torch.get_num_threads()
     code = (f"import json, sys, torch; torch.set_num_threads({threads}); from ofg.bench.train import measure; "
-            f"print(json.dumps(measure({method!r}, {size}, torch.device('cpu'), {repeats})))")
+            f"print(json.dumps(measure({method!r}, {tuple(shape)!r}, torch.device('cpu'), {repeats}, "
+            f"path={path!r})))")
     # the fresh process must use the thread count the user chose with --threads
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
-        raise RuntimeError(f"benchmark subprocess for {method} failed:\n{done.stderr}")
+        raise RuntimeError(f"benchmark subprocess for {method} ({path}) failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _verdict(value: float, target: float) -> str:
+    return "met" if value <= target else "MISSED"
+
+
 def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Print (and return) the timing and memory table; ``args.device``, ``args.repeats``."""
+    """Print (and return) the table per size and path; ``args.device``, ``args.repeats``, ``args.sizes``."""
     device = torch.device(args.device)
-    size = SIZE
-    results = {}
-    for method in METHODS:
-        if device.type == "cpu":
-            results[method] = _measure_in_subprocess(method, size, args.repeats)
-        else:
-            results[method] = measure(method, size, device, args.repeats)
-    base, ofg = results["unsupervised"], results["ofg"]
-    print(f"one training iteration, VoxelMorph small at {size}^3, batch 1, on {device} "
-          f"(median of {args.repeats} after a warm-up)")
-    print(f"{'method':<14}{'s/it':>10}{'it/s':>9}{'refine s':>10}{'peak MiB':>10}{'total MiB':>11}")
-    for method, r in results.items():
-        print(f"{method:<14}{r['seconds']:>10.4f}{1 / r['seconds']:>9.2f}{r['refine_seconds']:>10.4f}"
-              f"{r['peak_mb']:>10.1f}{r['total_peak_mb']:>11.1f}")
-    time_ratio = ofg["seconds"] / base["seconds"]
-    memory_ratio = ofg["peak_mb"] / base["peak_mb"] if base["peak_mb"] > 0 else float("nan")
-    memory_kind = ("cuda max_memory_allocated" if device.type == "cuda"
-                   else "peak RSS above the post-set-up RSS, fresh process per method")
-    print(f"OFG(k=10)/unsupervised time ratio {time_ratio:.2f}x (target <= {TIME_TARGET}x: "
-          f"{'met' if time_ratio <= TIME_TARGET else 'MISSED'})")
-    print(f"OFG(k=10)/unsupervised peak memory ratio {memory_ratio:.2f}x (target <= {MEMORY_TARGET}x: "
-          f"{'met' if memory_ratio <= MEMORY_TARGET else 'MISSED'}; {memory_kind})")
-    results["ratios"] = {"time": time_ratio, "memory": memory_ratio}
+    shapes = [tuple(s) for s in args.sizes] if args.sizes else list(SHAPES)
+    print(f"one training iteration, VoxelMorph small, batch 1, on {device} (median of {args.repeats} after a "
+          f"warm-up); bf16 native here: {bf16_is_fast(device)}")
+    print(f"{'size':<10}{'path':<9}{'method':<14}{'s/it':>9}{'refine s':>10}{'peak MiB':>10}{'total MiB':>11}")
+    results: dict[str, dict[str, float]] = {}
+    for shape in shapes:
+        label = "x".join(map(str, shape))
+        for path in PATHS:
+            for method in METHODS:
+                r = (_measure_in_subprocess(method, shape, args.repeats, path) if device.type == "cpu"
+                     else measure(method, shape, device, args.repeats, path=path))
+                results[f"{label}/{path}/{method}"] = r
+                print(f"{label:<10}{path:<9}{method:<14}{r['seconds']:>9.4f}{r['refine_seconds']:>10.4f}"
+                      f"{r['peak_mb']:>10.1f}{r['total_peak_mb']:>11.1f}")
+        for path in PATHS:
+            base, ofg = results[f"{label}/{path}/unsupervised"], results[f"{label}/{path}/ofg"]
+            time_ratio = ofg["seconds"] / base["seconds"]
+            memory_ratio = ofg["peak_mb"] / base["peak_mb"] if base["peak_mb"] > 0 else float("nan")
+            results[f"{label}/{path}/ratios"] = {"time": time_ratio, "memory": memory_ratio}
+            print(f"{label} {path}: OFG(k=10)/unsupervised time {time_ratio:.2f}x (target <= {TIME_TARGET}x: "
+                  f"{_verdict(time_ratio, TIME_TARGET)}), peak memory {memory_ratio:.2f}x (target <= "
+                  f"{MEMORY_TARGET}x: {_verdict(memory_ratio, MEMORY_TARGET)})")
+        for method in METHODS:
+            speedup = results[f"{label}/float32/{method}"]["seconds"] / results[f"{label}/fast/{method}"]["seconds"]
+            print(f"{label} {method}: fast path {speedup:.2f}x faster than float32")
     return results
