@@ -5,7 +5,7 @@ The YAML keys are fixed (the workflow writes them)::
     dataset: {name: embedded-brain, root: data/embedded-brain, options: {}}
     model: {name: voxelmorph, size: small, overrides: {}}
     method: ofg          # unsupervised | ofg | self_training | opt_self_training
-    ofg: {steps: 10, lr: 0.1, reg_weight: 1.0, window: 9}
+    ofg: {steps: 10, lr: 0.1, reg_weight: 1.0, window: 9, fused: false}
     loss: {ncc_weight: 1.0, mse_weight: 1.0, diffusion_weight: null}
     epochs: 500
     iterations_per_epoch: null

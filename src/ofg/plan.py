@@ -200,7 +200,7 @@ def refinement_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, 
     (window ``ofg.window``) with the section's steps, lr and weight; Dice as the evaluation's."""
     section = config["refinement"]
     settings = {"steps": section["steps"], "lr": section["lr"], "reg_weight": section["reg_weight"],
-                "window": config["ofg"]["window"]}
+                "window": config["ofg"]["window"], "fused": config["ofg"].get("fused", False)}
     return {"dataset_name": dataset, "root": str(data_root(config, dataset)),
             "options": dict(config["datasets"][dataset].get("options", {})),
             "model_name": section["model"], "model_size": config["model_size"], "starts": list(section["starts"]),
