@@ -9,6 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from ofg.layout import Layout, RunKey
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -41,12 +43,13 @@ def test_notebook_runs_alone(path, tmp_path, monkeypatch):
     executed = json.loads(out.read_text())
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
-    produced = tmp_path / "ofg-standalone"
+    layout = Layout(tmp_path / "ofg-standalone")
+    demo = RunKey("embedded-brain", "voxelmorph", "ofg-k2", "0")
     expected = {
-        "01_prepare_data": "data/embedded-brain/manifest.json",
-        "02_train": "runs/embedded-brain/voxelmorph/ofg-k2/summary.json",
-        "03_evaluate": "metrics/embedded-brain/voxelmorph/ofg-k2.csv",
-        "04_refinement": "refinement/embedded-brain.csv",
-        "05_tables_figures": "tables/main_results.md",
+        "01_prepare_data": layout.manifest("embedded-brain"),
+        "02_train": layout.run(demo).summary,
+        "03_evaluate": layout.metrics(demo),
+        "04_refinement": layout.refinement("embedded-brain"),
+        "05_tables_figures": layout.table("main_results")[1],
     }[path.stem]
-    assert (produced / expected).is_file()
+    assert expected.is_file()

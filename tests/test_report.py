@@ -103,7 +103,7 @@ def test_published_table_is_labelled_and_holds_paper_numbers():
 def write_results(root: Path, plan: dict, rng: np.random.Generator) -> None:
     layout = Layout(root)
     for run in plan["runs"]:
-        key = RunKey(run["dataset"], run["model"], run["run"])
+        key = RunKey(run["dataset"], run["model"], run["run"], str(run["seed"]))
         offset = 0.0 if run["method"] == "unsupervised" else 0.03
         layout.metrics(key).parent.mkdir(parents=True, exist_ok=True)
         metrics_frame(rng, offset).to_csv(layout.metrics(key), index=False)
@@ -114,7 +114,7 @@ def write_results(root: Path, plan: dict, rng: np.random.Generator) -> None:
                       "ofg_seconds_per_iteration": [0.1 * steps] * 3, "peak_memory_mb": [10.0, 30.0, 20.0]}
                      ).to_csv(folder.history, index=False)
         folder.summary.write_text("{}")
-        bench = layout.benchmark("train", *key)
+        bench = layout.benchmark("train", *key.parts())
         bench.parent.mkdir(parents=True, exist_ok=True)
         bench.write_text("s\th:m:s\tmax_rss\tmax_vms\n12.5\t0:00:12\t345.0\t900.0\n")
         image = rng.random((12, 10)).astype(np.float32)
@@ -138,6 +138,7 @@ def synthetic_plan(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     config = yaml.safe_load((repo / "config" / "tiny.yaml").read_text())
     config["results"] = str(tmp_path / "results")
+    config["training"]["seeds"] = [0, 1]  # the main comparison with two seeds, the rest with the first
     validate(config, str(repo / "config" / "schema.yaml"))
     plan = report_plan(config)
     write_results(tmp_path / "results", plan, np.random.default_rng(3))
@@ -170,9 +171,12 @@ def test_tables_content(synthetic_plan):
     tables = Path(synthetic_plan["results"]) / "tables"
     main = pd.read_csv(tables / "main_results.csv")
     assert list(main.run) == ["unsupervised", synthetic_plan["main_run"]]
+    assert list(main.n_seeds) == [2, 2] and main.dice_std_seeds.notna().all()
     assert "published" not in main.to_string()
     assert math.isnan(main.wilcoxon_p_vs_unsupervised[0]) and 0 < main.wilcoxon_p_vs_unsupervised[1] <= 1
-    cost = pd.read_csv(tables / "training_cost.csv").set_index("run")
+    cost = pd.read_csv(tables / "training_cost.csv")
+    assert set(cost[cost.run == "unsupervised"].seed) == {0, 1}
+    cost = cost[cost.seed == 0].set_index("run")
     # ofg-k2: OFG 0.2 s of 2.0 s per iteration on average
     assert cost.loc["ofg-k2", "ofg_share"] == pytest.approx(0.1)
     assert cost.loc["unsupervised", "ofg_share"] == 0
@@ -189,7 +193,22 @@ def test_tables_content(synthetic_plan):
 
 
 def test_missing_metrics_file_fails_naming_it(synthetic_plan):
-    victim = Layout(synthetic_plan["results"]).metrics(RunKey("embedded-brain", "voxelmorph", "unsupervised"))
+    victim = Layout(synthetic_plan["results"]).metrics(RunKey("embedded-brain", "voxelmorph", "unsupervised", "0"))
     victim.unlink()
-    with pytest.raises(DataError, match="unsupervised.csv.*missing metrics file"):
+    with pytest.raises(DataError, match="unsupervised/seed-0.csv: missing metrics file"):
         report.make_report(synthetic_plan, progress=False)
+
+
+def test_seeds_are_averaged_per_pair_before_the_statistics():
+    rng = np.random.default_rng(5)
+    seed0, seed1 = metrics_frame(rng, 0.0).assign(seed=0), metrics_frame(rng, 0.1).assign(seed=1)
+    both = pd.concat([seed0, seed1], ignore_index=True)
+    averaged = report.seed_average(both)
+    assert len(averaged) == len(seed0)
+    np.testing.assert_allclose(averaged.dice_mean, (seed0.dice_mean.to_numpy() + seed1.dice_mean.to_numpy()) / 2)
+    summary = report.summarize_run(both)
+    assert summary["n_pairs"] == len(seed0) and summary["n_seeds"] == 2
+    expected = np.std([seed0.dice_mean.mean(), seed1.dice_mean.mean()], ddof=1)
+    assert summary["dice_std_seeds"] == pytest.approx(expected)
+    p, n = report.paired_wilcoxon(both, seed0)
+    assert n == len(seed0) and p == pytest.approx(exact_wilcoxon_p(averaged.dice_mean, seed0.dice_mean))

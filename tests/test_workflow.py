@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ofg import plan as ofg_plan
-from ofg.layout import Layout
+from ofg.layout import Layout, RunKey
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -54,10 +54,25 @@ def test_run_ids_and_look_up_by_key():
     assert ofg_plan.ofg_run_id(5) == "ofg-k5" and ofg_plan.ofg_run_id(0) == "unsupervised"
     assert ofg_plan.ofg_run("d", "m", 0) == ofg_plan.Run("d", "m", "unsupervised")
     config = load_config("config.yaml")
-    run = ofg_plan.find_run(config, ("embedded-brain", "voxelmorph", "ofg-k5"))
-    assert (run.method, run.steps) == ("ofg", 5)
+    run = ofg_plan.find_run(config, ("embedded-brain", "voxelmorph", "ofg-k5", "0"))
+    assert (run.method, run.steps, run.seed) == ("ofg", 5, 0)
     with pytest.raises(KeyError, match="ofg-5"):
-        ofg_plan.find_run(config, ("embedded-brain", "voxelmorph", "ofg-5"))
+        ofg_plan.find_run(config, ("embedded-brain", "voxelmorph", "ofg-5", "0"))
+
+
+def test_seed_axis_runs_the_main_comparison_on_every_seed_and_the_rest_on_the_first():
+    config = load_config("config.yaml")
+    config["training"]["seeds"] = [0, 1, 2]
+    runs = ofg_plan.training_runs(config)
+    main = {(r.dataset, r.model, r.id): set() for r in runs}
+    for r in runs:
+        main[(r.dataset, r.model, r.id)].add(r.seed)
+    for (dataset, model, run_id), seeds in main.items():
+        expected = {0, 1, 2} if run_id in ("unsupervised", "ofg-k10") else {0}
+        assert seeds == expected, (dataset, model, run_id)
+    student = ofg_plan.Run("embedded-brain", "voxelmorph", "self_training", seed=0)
+    assert ofg_plan.run_config(config, student)["teacher"].endswith("unsupervised/seed-0/checkpoints/best.pt")
+    assert ofg_plan.run_config(config, ofg_plan.Run("embedded-ct", "voxelmorph", "ofg", 10, 2))["seed"] == 2
 
 
 def test_training_runs_reuse_main_runs_in_ablation_and_self_training():
@@ -77,7 +92,7 @@ def test_run_config_is_valid_and_self_training_uses_unsupervised_teacher():
     run = ofg_plan.Run("embedded-brain", "voxelmorph", "opt_self_training")
     rc = ofg_plan.run_config(config, run)
     assert rc["method"] == "opt_self_training"
-    assert rc["teacher"] == str(Path("results/runs/embedded-brain/voxelmorph/unsupervised/checkpoints/best.pt"))
+    assert rc["teacher"] == str(Path("results/runs/embedded-brain/voxelmorph/unsupervised/seed-0/checkpoints/best.pt"))
     assert rc["dataset"] == {"name": "embedded-brain", "root": str(Path("results/data/embedded-brain")), "options": {}}
     ablation = ofg_plan.run_config(config, ofg_plan.Run("embedded-brain", "voxelmorph", "ofg", 5))
     assert ablation["ofg"]["steps"] == 5 and ablation["method"] == "ofg"
@@ -268,14 +283,15 @@ def test_tiny_workflow_end_to_end_resumes_and_is_idempotent(tmp_path):
     assert report.returncode == 0, report.stderr[-3000:]
     assert (tmp_path / "report.html").stat().st_size > 0
 
-    run = tmp_path / "results" / "runs" / "embedded-brain" / "voxelmorph" / "ofg-k2"
+    layout, key = Layout(tmp_path / "results"), RunKey("embedded-brain", "voxelmorph", "ofg-k2", "0")
+    run = layout.run(key).path
     last = (run / "checkpoints" / "last.pt").stat().st_mtime_ns
     (run / "summary.json").unlink()
     resumed = snakemake("--cores", "2", "--configfile", str(path), "--directory", str(tmp_path),
                         str(run.relative_to(tmp_path) / "summary.json"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (run / "summary.json").is_file()
-    log = (tmp_path / "results" / "notebooks" / "02_train" / "embedded-brain" / "voxelmorph" / "ofg-k2.ipynb")
+    log = layout.notebook("train", *key.parts())
     assert "restart: no" in log.read_text()
     # every epoch was already done: the trainer resumed from last.pt and trained nothing again
     assert "resuming" in (run / "train.log").read_text()

@@ -3,17 +3,18 @@
 Under the results folder ``R`` (config key ``results``)::
 
     R/data/<dataset>/manifest.json                   prepared embedded cohort (written last)
-    R/runs/<dataset>/<model>/<run>/                  one training run, see :class:`RunFolder`
-    R/metrics/<dataset>/<model>/<run>.csv            per-pair test metrics
-    R/samples/<dataset>/<model>/<run>.npz            middle-slice sample for the qualitative figure
+    R/runs/<dataset>/<model>/<run>/seed-<s>/         one training run, see :class:`RunFolder`
+    R/metrics/<dataset>/<model>/<run>/seed-<s>.csv   per-pair test metrics
+    R/samples/<dataset>/<model>/<run>/seed-<s>.npz   middle-slice sample for the qualitative figure
     R/refinement/<dataset>.csv                       optimiser-refinement curves
-    R/benchmarks/<stage>/<dataset>[/<model>/<run>].tsv   Snakemake benchmark of one job
-    R/notebooks/<NN_stage>/<dataset>[/<model>/<run>].ipynb  executed notebooks (the rules' logs)
+    R/benchmarks/<stage>/<dataset>[/<model>/<run>/seed-<s>].tsv   Snakemake benchmark of one job
+    R/notebooks/<NN_stage>/<dataset>[/<model>/<run>/seed-<s>].ipynb  executed notebooks (the rules' logs)
     R/tables/<name>.{csv,md,tex}                     tables
     R/figures/<kind>_<dataset>[_<model>].{png,pdf}   figures
 
-``<run>`` is a run id (:attr:`RunKey.run`). Every function takes its parts as plain strings, so the
-Snakefile builds its wildcard patterns with the same functions: ``Layout(R).metrics(WILDCARDS)``.
+``<run>`` is a run id and ``<s>`` its training seed (:class:`RunKey`). Every function takes its parts as
+plain strings, so the Snakefile builds its wildcard patterns with the same functions:
+``Layout(R).metrics(WILDCARDS)``; :meth:`RunKey.parts` is a run's path components.
 """
 
 from __future__ import annotations
@@ -30,15 +31,20 @@ NOTEBOOKS = {"prepare": "01_prepare_data", "train": "02_train", "evaluate": "03_
 
 
 class RunKey(NamedTuple):
-    """Where a training run lives: dataset, model and run id (strings, or Snakemake wildcards)."""
+    """Where a training run lives: dataset, model, run id and seed (strings, or Snakemake wildcards)."""
 
     dataset: str
     model: str
     run: str
+    seed: str
+
+    def parts(self) -> tuple[str, str, str, str]:
+        """The path components of the run: dataset, model, run id, ``seed-<s>``."""
+        return self.dataset, self.model, self.run, f"seed-{self.seed}"
 
 
 #: the Snakefile's wildcard pattern of a run
-WILDCARDS = RunKey("{dataset}", "{model}", "{run}")
+WILDCARDS = RunKey("{dataset}", "{model}", "{run}", "{seed}")
 
 
 @dataclass(frozen=True)
@@ -109,19 +115,19 @@ class Layout:
         return cohort_manifest(self.data(dataset))
 
     def run(self, key: RunKey) -> RunFolder:
-        return RunFolder(self.root / "runs" / key.dataset / key.model / key.run)
+        return RunFolder(self.root / "runs" / Path(*key.parts()))
 
     def metrics(self, key: RunKey) -> Path:
-        return self.root / "metrics" / key.dataset / key.model / f"{key.run}.csv"
+        return self.root / "metrics" / Path(*key.parts()).with_suffix(".csv")
 
     def sample(self, key: RunKey) -> Path:
-        return self.root / "samples" / key.dataset / key.model / f"{key.run}.npz"
+        return self.root / "samples" / Path(*key.parts()).with_suffix(".npz")
 
     def refinement(self, dataset: str) -> Path:
         return self.root / "refinement" / f"{dataset}.csv"
 
     def benchmark(self, stage: str, *parts: str) -> Path:
-        """``stage`` in :data:`NOTEBOOKS`; ``parts`` are the dataset and, for a run, model and run id."""
+        """``stage`` in :data:`NOTEBOOKS`; ``parts`` the dataset or, for a run, :meth:`RunKey.parts`."""
         return self.root / "benchmarks" / stage / Path(*parts[:-1], f"{parts[-1]}.tsv")
 
     def notebook(self, stage: str, *parts: str) -> Path:

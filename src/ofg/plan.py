@@ -5,9 +5,11 @@ here reads or writes a file. The Snakefile, the notebooks and :mod:`ofg.runner` 
 notebook run alone and a rule run by Snakemake use the same paths (:mod:`ofg.layout`) and settings.
 
 A :class:`Run` is one training run. Its id names the method and, for OFG, the number of optimiser
-steps: ``unsupervised``, ``ofg-k10``, ``self_training``, ``opt_self_training``. OFG with k = 0 steps
-is the unsupervised baseline, so the step ablation's k = 0 and its k = ``ofg.steps`` reuse the main
-runs: nothing is trained twice.
+steps: ``unsupervised``, ``ofg-k10``, ``self_training``, ``opt_self_training``; its seed is one of
+``training.seeds``. OFG with k = 0 steps is the unsupervised baseline, so the step ablation's k = 0 and
+its k = ``ofg.steps`` reuse the main runs: nothing is trained twice. The main comparison (unsupervised
+and OFG on every dataset and model) runs every seed; the self-training comparison and the step
+ablation run the first seed only.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Run:
     model: str
     method: str
     steps: int | None = None
+    seed: int = 0
 
     @property
     def id(self) -> str:
@@ -38,11 +41,11 @@ class Run:
 
     @property
     def key(self) -> RunKey:
-        return RunKey(self.dataset, self.model, self.id)
+        return RunKey(self.dataset, self.model, self.id, str(self.seed))
 
     def teacher(self) -> "Run":
-        """The run whose best checkpoint teaches a self-training run: the unsupervised one."""
-        return Run(self.dataset, self.model, "unsupervised")
+        """The run whose best checkpoint teaches a self-training run: the unsupervised one, same seed."""
+        return Run(self.dataset, self.model, "unsupervised", seed=self.seed)
 
 
 def run_id(method: str, steps: int | None = None) -> str:
@@ -55,9 +58,16 @@ def ofg_run_id(steps: int) -> str:
     return run_id("unsupervised") if int(steps) == 0 else run_id("ofg", int(steps))
 
 
-def ofg_run(dataset: str, model: str, steps: int) -> Run:
+def ofg_run(dataset: str, model: str, steps: int, seed: int = 0) -> Run:
     """OFG with ``steps`` optimiser steps; k = 0 is the unsupervised baseline."""
-    return Run(dataset, model, "unsupervised") if int(steps) == 0 else Run(dataset, model, "ofg", int(steps))
+    if int(steps) == 0:
+        return Run(dataset, model, "unsupervised", seed=seed)
+    return Run(dataset, model, "ofg", int(steps), seed)
+
+
+def seeds(config: Mapping[str, Any]) -> list[int]:
+    """The training seeds of the main comparison (``training.seeds``); the first serves the others."""
+    return [int(s) for s in config["training"]["seeds"]]
 
 
 def layout(config: Mapping[str, Any]) -> Layout:
@@ -105,15 +115,16 @@ def _pairs(section: Mapping[str, Any]) -> list[tuple[str, str]]:
 def training_runs(config: Mapping[str, Any]) -> list[Run]:
     """Every training run of the plan, each once, sorted by (dataset, model, run id)."""
     runs: set[Run] = set()
-    steps = config["ofg"]["steps"]
+    steps, first = config["ofg"]["steps"], seeds(config)[0]
     for name, entry in config["datasets"].items():
         for model in entry["models"]:
-            runs |= {Run(name, model, "unsupervised"), ofg_run(name, model, steps)}
+            for seed in seeds(config):
+                runs |= {Run(name, model, "unsupervised", seed=seed), ofg_run(name, model, steps, seed)}
     for name, model in _pairs(config["self_training"]):
-        runs |= {Run(name, model, m) for m in ("unsupervised", *TEACHER_METHODS)} | {ofg_run(name, model, steps)}
+        runs |= {Run(name, model, m, seed=first) for m in TEACHER_METHODS}
     for name, model in _pairs(config["ablation"]):
-        runs |= {ofg_run(name, model, k) for k in [0, *config["ablation"]["steps"]]}
-    return sorted(runs, key=lambda run: run.key)
+        runs |= {ofg_run(name, model, k, first) for k in config["ablation"]["steps"]}
+    return sorted(runs, key=lambda run: (run.dataset, run.model, run.id, run.seed))
 
 
 def find_run(config: Mapping[str, Any], key: RunKey) -> Run:
@@ -125,7 +136,8 @@ def find_run(config: Mapping[str, Any], key: RunKey) -> Run:
 
 
 def wildcard_lists(runs: list[Run]) -> dict[str, list[str]]:
-    """{"dataset": [...], "model": [...], "run": [...]} of ``runs``, for Snakemake's ``expand(..., zip)``."""
+    """{"dataset": [...], "model": [...], "run": [...], "seed": [...]} of ``runs``, for Snakemake's
+    ``expand(..., zip)``."""
     return {name: [getattr(run.key, name) for run in runs] for name in RunKey._fields}
 
 
@@ -169,9 +181,10 @@ def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
         "device": config["device"],
         "teacher": None,
     }
-    for key in ("epochs", "iterations_per_epoch", "val_pairs", "lr", "seed", "compile", "amp", "channels_last",
+    for key in ("epochs", "iterations_per_epoch", "val_pairs", "lr", "compile", "amp", "channels_last",
                 "num_workers"):
         out[key] = train[key]
+    out["seed"] = run.seed
     for key in ("bidirectional", "augment_flips"):
         out[key] = entry.get(key)
     if run.method in TEACHER_METHODS:
@@ -210,7 +223,8 @@ def refinement_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, 
 
 
 def _run_record(run: Run) -> dict[str, Any]:
-    return {"dataset": run.dataset, "model": run.model, "run": run.id, "method": run.method, "steps": run.steps}
+    return {"dataset": run.dataset, "model": run.model, "run": run.id, "method": run.method, "steps": run.steps,
+            "seed": run.seed}
 
 
 def report_plan(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -253,7 +267,7 @@ def tiny_config(results: str | Path | None = None) -> dict[str, Any]:
         "results": str(results), "cache_dir": None, "device": "cpu", "model_size": "small",
         "datasets": {"embedded-brain": {"prepare": {"preset": "tiny", "seed": 0}, "options": {},
                                         "models": ["voxelmorph"]}},
-        "training": {"epochs": 1, "iterations_per_epoch": 2, "val_pairs": 1, "lr": 1.0e-4, "seed": 0,
+        "training": {"epochs": 1, "iterations_per_epoch": 2, "val_pairs": 1, "lr": 1.0e-4, "seeds": [0],
                      "compile": False, "amp": False, "channels_last": False,
                      "num_workers": 0,
                      "loss": {"ncc_weight": 1.0, "mse_weight": 1.0, "diffusion_weight": None}},
@@ -270,4 +284,4 @@ def tiny_config(results: str | Path | None = None) -> dict[str, Any]:
 def demo_run(config: Mapping[str, Any]) -> Run:
     """The run a notebook run alone shows: OFG on the first dataset and model of ``config``."""
     dataset, entry = next(iter(config["datasets"].items()))
-    return ofg_run(dataset, entry["models"][0], config["ofg"]["steps"])
+    return ofg_run(dataset, entry["models"][0], config["ofg"]["steps"], seeds(config)[0])

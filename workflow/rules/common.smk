@@ -39,6 +39,7 @@ wildcard_constraints:
     dataset=alternatives(config["datasets"]),
     model=alternatives(m for entry in config["datasets"].values() for m in entry["models"]),
     run=alternatives(run.id for run in RUNS),
+    seed=alternatives(run.seed for run in RUNS),
 
 
 def notebook(stage):
@@ -47,7 +48,7 @@ def notebook(stage):
 
 def run_of(wildcards):
     """The plan's run behind a job's wildcards (a look-up, never a parse)."""
-    return ofg_plan.find_run(config, (wildcards.dataset, wildcards.model, wildcards.run))
+    return ofg_plan.find_run(config, (wildcards.dataset, wildcards.model, wildcards.run, wildcards.seed))
 
 
 def data_input(dataset):

@@ -6,7 +6,7 @@ rule tables_and_figures:
         metrics=expand(rules.evaluate.output.metrics, zip, **ofg_plan.wildcard_lists(RUNS)),
         samples=expand(rules.evaluate.output.sample, zip, **ofg_plan.wildcard_lists(RUNS)),
         runs=expand(rules.train.output.summary, zip, **ofg_plan.wildcard_lists(RUNS)),
-        benchmarks=[str(LAYOUT.benchmark("train", *run.key)) for run in RUNS],
+        benchmarks=[str(LAYOUT.benchmark("train", *run.key.parts())) for run in RUNS],
         refinement=expand(rules.refinement.output.curves, dataset=config["refinement"]["datasets"]),
     output:
         reported(OUTPUTS),

@@ -9,9 +9,9 @@ rule train:
     output:
         summary=LAYOUT.run(WILDCARDS).summary,
     log:
-        notebook=LAYOUT.notebook("train", *WILDCARDS),
+        notebook=LAYOUT.notebook("train", *WILDCARDS.parts()),
     benchmark:
-        LAYOUT.benchmark("train", *WILDCARDS)
+        LAYOUT.benchmark("train", *WILDCARDS.parts())
     params:
         parameters=lambda wc: parameters(ofg_plan.train_parameters(config, run_of(wc))),
     threads: config["threads"]["train"]
@@ -32,9 +32,9 @@ rule evaluate:
         metrics=LAYOUT.metrics(WILDCARDS),
         sample=LAYOUT.sample(WILDCARDS),
     log:
-        notebook=LAYOUT.notebook("evaluate", *WILDCARDS),
+        notebook=LAYOUT.notebook("evaluate", *WILDCARDS.parts()),
     benchmark:
-        LAYOUT.benchmark("evaluate", *WILDCARDS)
+        LAYOUT.benchmark("evaluate", *WILDCARDS.parts())
     params:
         parameters=lambda wc: parameters(ofg_plan.evaluate_parameters(config, run_of(wc))),
     threads: config["threads"]["evaluate"]

@@ -20,7 +20,7 @@ from ofg.report import figures, tables
 from ofg.report.load import load_metrics, pair_key_columns, structure_columns
 from ofg.report.render import (EMBEDDED_CAVEAT, display_cost, display_metrics, table_caption, to_latex,
                                write_table)
-from ofg.report.stats import mean_std, paired_wilcoxon, summarize_run
+from ofg.report.stats import mean_std, paired_wilcoxon, seed_average, summarize_run
 from ofg.report.tables import published
 
 TABLES = ("main_results", "training_cost", "self_training", "step_ablation", "published")
@@ -106,4 +106,4 @@ def _draw(plan: Mapping[str, Any], record: Output, metrics: Any, ablation: Any) 
 
 __all__ = ["EMBEDDED_CAVEAT", "FIGURES", "TABLES", "Output", "display_cost", "display_metrics", "make_report",
            "mean_std", "output_paths", "outputs", "pair_key_columns", "paired_wilcoxon", "published",
-           "structure_columns", "summarize_run", "to_latex"]
+           "seed_average", "structure_columns", "summarize_run", "to_latex"]

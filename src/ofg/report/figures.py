@@ -15,7 +15,8 @@ import pandas as pd
 from ofg.io import atomic_path
 from ofg.report.load import load_history, load_refinement, load_sample, structure_columns
 from ofg.report.render import EMBEDDED_CAVEAT
-from ofg.report.tables import METHOD_LABELS, figure3_runs, runs_of
+from ofg.report.stats import seed_average
+from ofg.report.tables import METHOD_LABELS, figure3_runs, runs_of, seed_records
 
 
 def _save(fig: Any, paths: Sequence[Path], caveat: str | None) -> None:
@@ -35,12 +36,17 @@ def _caveat(dataset: str) -> str | None:
 
 
 def figure_training_curves(plan: Mapping[str, Any], dataset: str, model: str, paths: Sequence[Path]) -> None:
-    """Validation Dice per epoch of every method trained on (dataset, model) (paper Fig. 3)."""
+    """Validation Dice per epoch of every method trained on (dataset, model) (paper Fig. 3): the mean over
+    seeds, and the band from the lowest to the highest seed where there are several."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for run in figure3_runs(plan, dataset, model):
-        history = load_history(plan["results"], run)
-        ax.plot(history["epoch"], history["val_dice"], marker="o", ms=3,
-                label=f"{METHOD_LABELS[run['method']]} ({run['run']})")
+        curves = pd.concat([load_history(plan["results"], r)[["epoch", "val_dice"]] for r in seed_records(plan, run)])
+        stats = curves.groupby("epoch")["val_dice"].agg(["mean", "min", "max", "count"]).reset_index()
+        seeds = int(stats["count"].max())
+        line, = ax.plot(stats["epoch"], stats["mean"], marker="o", ms=3,
+                        label=f"{METHOD_LABELS[run['method']]} ({run['run']}" + (f", {seeds} seeds)" if seeds > 1 else ")"))
+        if seeds > 1:
+            ax.fill_between(stats["epoch"], stats["min"], stats["max"], color=line.get_color(), alpha=0.2)
     ax.set(xlabel="epoch", ylabel="validation Dice", title=f"{model} on {dataset}")
     ax.legend(fontsize=7)
     _save(fig, paths, _caveat(dataset))
@@ -78,13 +84,14 @@ def figure_refinement(plan: Mapping[str, Any], dataset: str, paths: Sequence[Pat
 
 def figure_structure_dice(plan: Mapping[str, Any], metrics: pd.DataFrame, dataset: str,
                           paths: Sequence[Path]) -> None:
-    """Box plots of per-structure Dice over test pairs, model/method as hue."""
+    """Box plots of per-structure Dice over test pairs (seeds averaged per pair), model/method as hue."""
     frame = metrics[(metrics.dataset == dataset) & metrics.run.isin(["unsupervised", plan["main_run"]])]
     structures = structure_columns(frame)
     groups = list(frame.groupby(["model", "method"], sort=True))
     width = 0.8 / max(len(groups), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(structures) * max(len(groups), 1) / 2 + 2), 4))
     for j, ((model, method), group) in enumerate(groups):
+        group = seed_average(group)
         data = [group[c].dropna().to_numpy() for c in structures]
         positions = np.arange(len(structures)) + (j - (len(groups) - 1) / 2) * width
         boxes = ax.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True, flierprops={"ms": 2})

@@ -19,7 +19,7 @@ PAIR_KEYS = ("split", "pair_index", "moving", "fixed")
 
 
 def _key(run: Mapping[str, Any]) -> RunKey:
-    return RunKey(run["dataset"], run["model"], run["run"])
+    return RunKey(run["dataset"], run["model"], run["run"], str(run["seed"]))
 
 
 def _read_csv(path: Path, what: str, **kwargs: Any) -> pd.DataFrame:
@@ -30,12 +30,12 @@ def _read_csv(path: Path, what: str, **kwargs: Any) -> pd.DataFrame:
 
 def load_metrics(results: str | Path, runs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Concatenated per-pair metrics of ``runs`` (run records of :func:`ofg.plan.report_plan`), with the
-    run's dataset, model, run id, method and steps added as columns."""
+    run's dataset, model, run id, method, steps and seed added as columns."""
     layout, frames = Layout(results), []
     for run in runs:
         frame = _read_csv(layout.metrics(_key(run)), "metrics file")
         frames.append(frame.assign(dataset=run["dataset"], model=run["model"], run=run["run"], method=run["method"],
-                                   steps=run["steps"]))
+                                   steps=run["steps"], seed=run["seed"]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -46,7 +46,7 @@ def load_history(results: str | Path, run: Mapping[str, Any]) -> pd.DataFrame:
 
 def load_benchmark(results: str | Path, stage: str, run: Mapping[str, Any]) -> dict[str, float]:
     """Snakemake's benchmark TSV of one job (wall seconds ``s``, ``max_rss`` MB, ...); {} if absent."""
-    path = Layout(results).benchmark(stage, *_key(run))
+    path = Layout(results).benchmark(stage, *_key(run).parts())
     if not path.exists():
         return {}
     row = pd.read_csv(path, sep="\t").iloc[-1]

@@ -41,7 +41,11 @@ def display_metrics(table: pd.DataFrame) -> pd.DataFrame:
         if column in table:
             out[column] = table[column]
     out["pairs"] = table["n_pairs"]
+    if "n_seeds" in table:
+        out["seeds"] = table["n_seeds"]
     out["Dice (± pairs)"] = [_pm(m, s) for m, s in zip(table.dice_mean, table.dice_std_pairs)]
+    if "dice_std_seeds" in table and table["dice_std_seeds"].notna().any():
+        out["Dice (± seeds)"] = [_pm(m, s) for m, s in zip(table.dice_mean, table.dice_std_seeds)]
     out["Dice (± structures×pairs)"] = [_pm(m, s) for m, s in zip(table.dice_mean, table.dice_std_structures_pairs)]
     out["%|J|≤0"] = [_pm(m, s) for m, s in zip(table.folding_percent, table.folding_percent_std)]
     out["SDlogJ"] = [_pm(m, s) for m, s in zip(table.sdlogj_l2r, table.sdlogj_l2r_std)]
@@ -58,7 +62,7 @@ def display_metrics(table: pd.DataFrame) -> pd.DataFrame:
 
 def display_cost(table: pd.DataFrame) -> pd.DataFrame:
     """Human-readable columns of the training-cost table."""
-    out = table[["dataset", "model", "method", "run", "epochs"]].copy()
+    out = table[["dataset", "model", "method", "run", "seed", "epochs"]].copy()
     for column, title in (("seconds_per_iteration", "s/iter"), ("ofg_seconds_per_iteration", "OFG s/iter"),
                           ("ofg_share", "OFG share"), ("teacher_seconds_per_iteration", "teacher s/iter"),
                           ("peak_memory_mb", "peak memory (MB)"),
@@ -98,8 +102,9 @@ def write_table(numeric: pd.DataFrame, shown: pd.DataFrame, paths: Sequence[Path
 
 
 def table_caption(plan: Mapping[str, Any], text: str) -> str:
-    conventions = (f"Split: {plan['split']}; labels warped by {plan['label_mode']}; Dice ± over pairs is the std "
-                   "of per-pair mean Dice, ± over structures×pairs the std over all (structure, pair) values; "
+    conventions = (f"Split: {plan['split']}; labels warped by {plan['label_mode']}; seeds are averaged per test "
+                   "pair; Dice ± over pairs is the std of per-pair mean Dice, ± over seeds the std of the "
+                   "per-seed means, ± over structures×pairs the std over all (structure, pair) values; "
                    "%|J|≤0 from np.gradient of identity+displacement; SDlogJ by the Learn2Reg formula; HD95 in "
                    "voxels.")
     caveat = f" {EMBEDDED_CAVEAT}" if plan.get("embedded") else ""

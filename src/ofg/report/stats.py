@@ -22,12 +22,31 @@ def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     return float(array.mean()), std, int(array.size)
 
 
+def seed_average(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-pair metrics averaged over the seeds of one run (one row per pair); unchanged with one seed."""
+    if "seed" not in frame or frame["seed"].nunique() <= 1:
+        return frame
+    keys = pair_key_columns(frame)
+    numeric = [c for c in frame.select_dtypes("number").columns if c not in keys and c not in ("seed", "steps")]
+    return frame.groupby(keys, sort=False, as_index=False)[numeric].mean()
+
+
+def seed_spread(frame: pd.DataFrame, column: str = "dice_mean") -> tuple[float, int]:
+    """(std over seeds of the per-seed mean of ``column``, number of seeds); NaN std for one seed."""
+    if "seed" not in frame or frame.empty:
+        return math.nan, 1 if not frame.empty else 0
+    _, std, n = mean_std(frame.groupby("seed")[column].mean())
+    return std, n
+
+
 def paired_wilcoxon(a: pd.DataFrame, b: pd.DataFrame, column: str = "dice_mean") -> tuple[float, int]:
     """Two-sided Wilcoxon signed-rank p-value of ``column`` between two runs on the same pairs.
 
-    Pairs are matched on :func:`pair_key_columns`; returns (p, number of matched pairs). p is NaN with
-    fewer than two matched pairs or when every difference is zero (the test is undefined there).
+    Seeds are averaged per pair first (:func:`seed_average`). Pairs are matched on
+    :func:`pair_key_columns`; returns (p, number of matched pairs). p is NaN with fewer than two
+    matched pairs or when every difference is zero (the test is undefined there).
     """
+    a, b = seed_average(a), seed_average(b)
     keys = [k for k in pair_key_columns(a) if k in b.columns]
     if not keys:
         raise ValueError("paired_wilcoxon: the metrics files share no pair-key columns to match pairs on")
@@ -43,8 +62,11 @@ SUMMARY_METRICS = ("folding_percent", "sdlogj_l2r", "sdlogj_plain", "hd95", "hd9
 
 
 def summarize_run(frame: pd.DataFrame) -> dict[str, float]:
-    """Mean/std of each metric of one run's per-pair metrics."""
+    """Mean/std over test pairs of each metric of one run's per-pair metrics, seeds averaged per pair,
+    with the number of seeds and the spread of the mean Dice over seeds."""
     out: dict[str, float] = {}
+    out["dice_std_seeds"], out["n_seeds"] = seed_spread(frame)
+    frame = seed_average(frame)
     out["n_pairs"] = len(frame)
     out["dice_mean"], out["dice_std_pairs"], _ = mean_std(frame["dice_mean"])
     structures = frame[structure_columns(frame)].to_numpy(dtype=float).ravel()

@@ -36,8 +36,17 @@ PUBLISHED = [
 
 
 def runs_of(plan: Mapping[str, Any], dataset: str, model: str) -> dict[str, dict[str, Any]]:
-    """Run records of (dataset, model) by run id."""
-    return {r["run"]: r for r in plan["runs"] if (r["dataset"], r["model"]) == (dataset, model)}
+    """Run records of (dataset, model) by run id, each that of the run's first seed."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in plan["runs"]:
+        if (r["dataset"], r["model"]) == (dataset, model):
+            out.setdefault(r["run"], r)
+    return out
+
+
+def seed_records(plan: Mapping[str, Any], run: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The records of every seed of ``run``'s (dataset, model, run id)."""
+    return [r for r in plan["runs"] if (r["dataset"], r["model"], r["run"]) == (run["dataset"], run["model"], run["run"])]
 
 
 def figure3_runs(plan: Mapping[str, Any], dataset: str, model: str) -> list[dict[str, Any]]:
@@ -81,7 +90,7 @@ def training_cost(plan: Mapping[str, Any], metrics: pd.DataFrame) -> pd.DataFram
         teacher_it, _, _ = mean_std(history.get("teacher_seconds_per_iteration", []))
         baseline = run["method"] == "unsupervised"
         rows.append({
-            **_label(run), "epochs": len(history),
+            **_label(run), "seed": run["seed"], "epochs": len(history),
             "seconds_per_iteration": s_it,
             "ofg_seconds_per_iteration": ofg_it if not baseline else 0.0,
             "ofg_share": (ofg_it / s_it) if not baseline and s_it > 0 else 0.0,
@@ -116,7 +125,7 @@ def step_ablation(plan: Mapping[str, Any], metrics: pd.DataFrame, cost: pd.DataF
     for dataset, model in plan["ablation"]["pairs"]:
         runs = runs_of(plan, dataset, model)
         for k, run_id in plan["ablation"]["runs"]:
-            c = cost[(cost.dataset == dataset) & (cost.model == model) & (cost.run == run_id)].iloc[0]
+            c = cost[(cost.dataset == dataset) & (cost.model == model) & (cost.run == run_id)].mean(numeric_only=True)
             row = {"dataset": dataset, "model": model, "k": k, "run": run_id}
             row.update(summarize_run(_select(metrics, runs[run_id])))
             row["seconds_per_iteration"] = c["seconds_per_iteration"]
@@ -133,7 +142,7 @@ def published() -> pd.DataFrame:
 
 def empty_summary(extra: Sequence[str] = ()) -> pd.DataFrame:
     """A table of :func:`summarize_run` columns with no rows (an experiment the plan leaves out)."""
-    columns = ["dataset", "model", "method", *extra, "n_pairs", "dice_mean", "dice_std_pairs",
+    columns = ["dataset", "model", "method", *extra, "n_seeds", "dice_std_seeds", "n_pairs", "dice_mean", "dice_std_pairs",
                "dice_std_structures_pairs", "folding_percent", "folding_percent_std", "sdlogj_l2r",
                "sdlogj_l2r_std", "hd95", "hd95_std", "endpoint_error", "endpoint_error_std"]
     return pd.DataFrame(columns=columns)
