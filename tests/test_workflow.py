@@ -1,4 +1,4 @@
-"""The Snakemake workflow: dry runs of every config and profile, lint, config validation, the plan."""
+"""The Snakemake workflow: dry runs of every config, lint, config validation, the plan (profiles: test_profiles.py)."""
 
 from __future__ import annotations
 
@@ -214,41 +214,6 @@ def test_lint_is_clean():
     result = snakemake("--lint")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
-
-
-STUB = """#!/bin/sh
-echo "$(basename "$0") $*" >> "{log}"
-case "$(basename "$0") $*" in
-  "conda info --json") echo '{{"conda_prefix": "{prefix}", "platform": "linux-64", "conda_version": "25.1.0"}}';;
-  "conda --version") echo "conda 25.1.0";;
-  "conda config --get channel_priority --json") echo '{{"get": {{"channel_priority": "strict"}}}}';;
-  "sbatch"*) echo "Submitted batch job 1";;
-esac
-exit 0
-"""
-
-
-def test_slurm_profile_dry_run_sets_gpu_runtime_and_memory(tmp_path):
-    pytest.importorskip("snakemake_executor_plugin_slurm")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    log = tmp_path / "calls.log"
-    for name in ("sbatch", "sacct", "squeue", "scontrol", "sinfo", "sacctmgr", "conda"):
-        stub = bin_dir / name
-        stub.write_text(STUB.format(log=log, prefix=tmp_path / "conda"))
-        stub.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    result = snakemake("-n", "--workflow-profile", str(REPO / "profiles" / "slurm"), env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    blocks = result.stdout.split("\n\n")
-    train = [b for b in blocks if "rule train:" in b]
-    assert len(train) == 12
-    for block in train:
-        assert re.search(r"resources: .*mem_mb=64000.*runtime=2880.*gpu=1", block), block
-        assert "threads: 8" in block
-    evaluate = [b for b in blocks if "rule evaluate:" in b]
-    assert evaluate and all(re.search(r"runtime=240.*gpu=1", b) for b in evaluate)
-    assert "sbatch" not in log.read_text()  # a dry run submits nothing
 
 
 @pytest.mark.slow
