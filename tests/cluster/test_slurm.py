@@ -20,7 +20,8 @@ import torch
 import yaml
 
 from slurm_cluster import Cluster, alive, missing_tools, wait_for
-from ofg import workflow as wf
+from ofg import plan as ofg_plan
+from ofg.layout import Layout, RunFolder
 from ofg.checkpoint import read_checkpoint
 from ofg.report import output_paths
 
@@ -34,7 +35,7 @@ pytestmark = [
                                              "Debian: apt-get install slurmctld slurmd slurm-client munge)"),
 ]
 #: the training that is cancelled and resumed, and its length (long enough to be caught mid-run)
-FAULT_RUN = wf.Run("embedded-brain", "voxelmorph", "unsupervised")
+FAULT_RUN = ofg_plan.Run("embedded-brain", "voxelmorph", "unsupervised", seed=0)
 FAULT_EPOCHS = 6
 #: the job of the tear-down test (a command line no other process has)
 JOB_SLEEP = "sleep 7391"
@@ -141,9 +142,9 @@ def test_tiny_workflow_runs_every_job_through_sbatch(cluster, tmp_path):
         f"rule_{rule}": n for rule, n in counts.items()}
 
     config = validated(yaml.safe_load(TINY.read_text()) | {"results": str(results)})
-    for run in wf.training_runs(config):
-        assert (wf.run_dir(config, run) / "summary.json").is_file(), run
-    for output in output_paths(wf.report_plan(config)):
+    for run in ofg_plan.training_runs(config):
+        assert Layout(results).run(run.key).summary.is_file(), run
+    for output in output_paths(ofg_plan.report_plan(config)):
         assert output.is_file() and output.stat().st_size > 0, output
 
 
@@ -160,7 +161,7 @@ def fault_config(tmp_path: Path) -> Path:
 def cancel_after_first_checkpoint(cluster: Cluster, run_dir: Path, workflow: subprocess.Popen,
                                   comment: str) -> str:
     """Wait for the training's first checkpoint, scancel its SLURM job; return the job id."""
-    last = run_dir / "checkpoints" / "last.pt"
+    last = RunFolder(run_dir).last
     wait_for(lambda: last.is_file() or workflow.poll() is not None, 600, "the training's first checkpoint")
     assert workflow.poll() is None, "the workflow ended before the training's first checkpoint"
     running = [job for job in cluster.jobs(states="running") if job.comment == comment]
@@ -175,7 +176,7 @@ def run_cancelling_the_training(cluster: Cluster, work: Path, configfile: Path, 
     and meanwhile train the same run without interruption into ``work/reference`` (one torch thread, as
     the job). Return Snakemake's log and the cancelled job's id."""
     out = work / "snakemake.log"
-    command = snakemake_command(work, configfile, str(run_dir / "summary.json"))
+    command = snakemake_command(work, configfile, str(RunFolder(run_dir).summary))
     with open(out, "w") as stream:
         workflow = subprocess.Popen(command, cwd=work, env=workflow_env(cluster), stdout=stream,
                                     stderr=subprocess.STDOUT)
@@ -183,7 +184,7 @@ def run_cancelling_the_training(cluster: Cluster, work: Path, configfile: Path, 
         try:
             cancelled = cancel_after_first_checkpoint(cluster, run_dir, workflow, comment)
             reference = subprocess.Popen(
-                [sys.executable, "-m", "ofg.train", str(run_dir / "config.yaml"), "--out", str(work / "reference"),
+                [sys.executable, "-m", "ofg.train", str(RunFolder(run_dir).config), "--out", str(work / "reference"),
                  "--no-progress"], env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL)
             workflow.wait(timeout=800)
@@ -201,8 +202,8 @@ def run_cancelling_the_training(cluster: Cluster, work: Path, configfile: Path, 
 @pytest.mark.timeout(900)
 def test_cancelled_training_is_resubmitted_and_resumes_to_the_same_weights(cluster, tmp_path):
     configfile = fault_config(tmp_path)
-    run_dir = wf.run_dir(validated(yaml.safe_load(configfile.read_text())), FAULT_RUN)
-    comment = f"rule_train_wildcards_{FAULT_RUN.dataset}_{FAULT_RUN.model}_{FAULT_RUN.run}"
+    run_dir = Layout(validated(yaml.safe_load(configfile.read_text()))["results"]).run(FAULT_RUN.key).path
+    comment = "rule_train_wildcards_" + "_".join(FAULT_RUN.key)
     start = time.perf_counter()
     log, cancelled = run_cancelling_the_training(cluster, tmp_path, configfile, run_dir, comment)
     jobs = cluster.jobs(name=slurm_run_id(log))
@@ -212,13 +213,13 @@ def test_cancelled_training_is_resubmitted_and_resumes_to_the_same_weights(clust
     assert "Trying to restart job" in log  # Snakemake's retry (profile: retries 1)
     assert len(list((tmp_path / "slurm_logs" / "rule_train").rglob("*.log"))) == 2
 
-    train_log = (run_dir / "train.log").read_text()
+    train_log = RunFolder(run_dir).log.read_text()
     resumed = re.findall(RESUMED.format(out=re.escape(str(run_dir)), epochs=FAULT_EPOCHS), train_log)
     assert len(resumed) == 1 and 1 <= int(resumed[0]) < FAULT_EPOCHS, train_log
     assert train_log.count("starting ") == 1, train_log
     reference = tmp_path / "reference"
-    assert "resuming" not in (reference / "train.log").read_text()
-    resumed_weights = read_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
-    reference_weights = read_checkpoint(reference / "checkpoints" / "last.pt")["model"]
+    assert "resuming" not in RunFolder(reference).log.read_text()
+    resumed_weights = read_checkpoint(RunFolder(run_dir).last)["model"]
+    reference_weights = read_checkpoint(RunFolder(reference).last)["model"]
     assert resumed_weights.keys() == reference_weights.keys()
     assert all(torch.equal(resumed_weights[k], reference_weights[k]) for k in reference_weights)
