@@ -162,7 +162,10 @@ def n_seeds(frame: pd.DataFrame) -> int:
 
 def paired_differences(ofg: pd.DataFrame, comparator: pd.DataFrame, metric: str,
                        keys: Sequence[str] | None = None) -> pd.Series:
-    """Per-pair OFG − comparator of ``metric`` (seeds averaged per pair), pairs finite on both sides."""
+    """Per-pair OFG − comparator of ``metric`` (seeds averaged per pair), pairs finite on both sides;
+    empty when either frame is."""
+    if ofg.empty or comparator.empty:
+        return pd.Series(dtype=float)
     names = [k for k in _keys(ofg, keys) if k in comparator.columns]
     a, b = seed_average(ofg, metric, names), seed_average(comparator, metric, names)
     joined = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner").dropna()
