@@ -133,3 +133,24 @@ def test_syn_rows_and_run_baselines_write_every_method(data, tmp_path, monkeypat
     assert syn.seconds_per_pair > 0 and np.isfinite(syn.dice_mean) and np.isfinite(syn.endpoint_error)
     before = written[written.method == "before_registration"].iloc[0]
     assert syn.endpoint_error < before.endpoint_error
+
+
+def test_syn_field_keeps_the_array_axes_of_a_non_cubic_volume():
+    ants = baselines.require_ants()
+    rng = np.random.default_rng(1)
+    moving = ndimage.gaussian_filter(rng.random((18, 26, 22)), 1.5)
+    moving = ((moving - moving.min()) / (moving.max() - moving.min())).astype(np.float32)
+    truth = np.stack([np.full(moving.shape, v, np.float32) for v in (1.0, -0.5, 0.25)])  # a translation
+    fixed = synthetic.warp_numpy(moving, truth, order=1).astype(np.float32)
+    field, _ = baselines.syn_field(moving, fixed, reg_iterations=(20, 10, 0))
+    assert field.shape == (3, 18, 26, 22)
+    interior = (slice(4, -4),) * 3
+    mean = field[(slice(None), *interior)].reshape(3, -1).mean(axis=1)
+    assert np.sign(mean).tolist() == [1.0, -1.0, 1.0]  # each component moves along its own axis
+    assert mean[0] > 0.7 and mean[1] < -0.4
+    fixed_image, moving_image = baselines._ants_image(ants, fixed), baselines._ants_image(ants, moving)
+    result = ants.registration(fixed_image, moving_image, type_of_transform="SyNOnly", reg_iterations=(20, 10, 0),
+                               syn_metric="meansquares")
+    by_ants = ants.apply_transforms(fixed_image, moving_image, result["fwdtransforms"]).numpy()
+    ours = warp(torch.from_numpy(moving)[None, None], torch.from_numpy(field)[None])[0, 0].numpy()
+    assert by_ants.shape == moving.shape and np.abs(ours - by_ants)[interior].max() < 1e-4
