@@ -111,8 +111,10 @@ def _number(value: Any, digits: int = 3) -> str:
 
 
 def _detail(row: Mapping[str, Any]) -> str:
-    if row["rule"] == "ablation" and np.isfinite(row.get("best_k", math.nan)):
-        return f"best k = {int(row['best_k'])}; k = {int(row['chosen_k'])} vs best"
+    if row["rule"] == "ablation":
+        if np.isfinite(row.get("best_k", math.nan)):
+            return f"best k = {int(row['best_k'])}; k = {int(row['chosen_k'])} vs best"
+        return "needs k = 5 or 10 in the ablation" if row["n_pairs"] >= claims.min_pairs() else ""
     if row["rule"] == "ratio":
         return "OFG ÷ unsupervised s/iter; interval = range over seeds"
     if row["claim"] == "optimiser_alone" and isinstance(row.get("start"), str):
@@ -122,7 +124,8 @@ def _detail(row: Mapping[str, Any]) -> str:
 
 def _n(row: Mapping[str, Any]) -> str:
     pairs = "–" if not np.isfinite(row["n_pairs"]) else f"{int(row['n_pairs'])} pairs"
-    return f"{pairs} × {int(row['n_seeds'])} seeds"
+    seeds = int(row["n_seeds"])
+    return f"{pairs} × {seeds} seed{'s' if seeds != 1 else ''}"
 
 
 def display_claims(table: pd.DataFrame) -> pd.DataFrame:
