@@ -8,7 +8,8 @@ import torch
 
 import synthetic
 from ofg.evaluate import evaluate
-from ofg.inference import field_metrics, forward, mean_dice, as_field, qualitative_sample, validation_scores
+from ofg.inference import (as_field, both_dice, field_metrics, forward, mean_dice, qualitative_sample,
+                           validation_scores)
 from ofg.metrics import jacobian_determinant
 from synthetic import Oracle
 
@@ -38,6 +39,20 @@ def test_validation_follows_the_label_mode(data):
     assert onehot != nearest  # the two conventions really differ on a half-way field
     with pytest.raises(ValueError, match="label_mode"):
         validation_scores(oracle, data, "test", label_mode="linear")
+
+
+def test_both_dice_gives_each_convention_and_the_configured_one(data):
+    pair, labels = data.pairs("test")[0], list(data.labels)
+    disp = 0.5 * torch.from_numpy(data.ground_truth("test", 0))[None]
+    for mode in ("nearest", "onehot"):
+        row = both_dice(disp, pair.moving_label, pair.fixed_label, labels, label_mode=mode)
+        expected = {m: field_metrics(disp, pair.moving_label, pair.fixed_label, labels, label_mode=m)["dice_mean"]
+                    for m in ("nearest", "onehot")}
+        assert row == {"dice_mean": expected[mode], "dice_mean_nearest": expected["nearest"],
+                       "dice_mean_onehot": expected["onehot"]}
+    assert row["dice_mean_nearest"] != row["dice_mean_onehot"]  # a half-way field tells them apart
+    with pytest.raises(ValueError, match="label_mode"):
+        both_dice(disp, pair.moving_label, pair.fixed_label, labels, label_mode="linear")
 
 
 def test_forward_amp_keeps_the_field_and_warp_in_float32(data):

@@ -93,6 +93,19 @@ def mean_dice(field: np.ndarray, moving_label: np.ndarray, fixed_label: np.ndarr
     return mean, per_label, warped
 
 
+def both_dice(disp: torch.Tensor, moving_label: np.ndarray, fixed_label: np.ndarray, labels: list[int],
+              label_mode: str = "nearest") -> dict[str, float]:
+    """Mean Dice of ``disp`` (1,3,D,H,W) in voxels under both label-warping conventions.
+
+    Keys: ``dice_mean`` (the configured ``label_mode``), ``dice_mean_nearest`` (the OFG reference
+    code's) and ``dice_mean_onehot`` (TransMorph's); each as :func:`mean_dice` computes it.
+    """
+    field = as_field(disp)
+    means = {mode: mean_dice(field, moving_label, fixed_label, labels, mode)[0] for mode in LABEL_MODES}
+    return {"dice_mean": means[check_label_mode(label_mode)],
+            **{f"dice_mean_{mode}": means[mode] for mode in LABEL_MODES}}
+
+
 def field_metrics(disp: torch.Tensor, moving_label: np.ndarray, fixed_label: np.ndarray, labels: list[int],
                   *, label_mode: str = "onehot", hd95: bool = False, spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
                   ground_truth: np.ndarray | None = None, full: bool = True) -> dict[str, float]:
