@@ -20,7 +20,7 @@ DICE_OFFSET = {("unsupervised", None): 0.0, ("ofg", 10): 0.03, ("ofg", 5): 0.025
 
 
 def make_plan(root: Path, seeds=(0, 1, 2)) -> dict:
-    runs = [{"dataset": DATASET, "model": MODEL, "run": f"{method if steps is None else f'ofg-k{steps}'}-s{seed}",
+    runs = [{"dataset": DATASET, "model": MODEL, "run": method if steps is None else f"ofg-k{steps}",
              "method": method, "steps": steps, "seed": seed} for method, steps in DICE_OFFSET for seed in seeds]
     pair = [DATASET, MODEL]
     return {"results": str(root), "main_run": "ofg-k10", "main_steps": 10, "runs": runs, "main": [pair],
@@ -49,7 +49,7 @@ def write_tree(plan: dict, n_pairs: int = 40) -> None:
             "sdlogj_l2r": base + (symmetric if ofg_main else 0.0),      # no difference: inconclusive
             "endpoint_error": base + (0.2 if ofg_main else 0.0),        # farther from the truth: contradicted
             "inference_seconds": seconds + 1e-4 * rng.standard_normal(n_pairs)})  # no cost: supported
-        key = RunKey(run["dataset"], run["model"], run["run"])
+        key = RunKey(run["dataset"], run["model"], run["run"], str(run["seed"]))
         layout.metrics(key).parent.mkdir(parents=True, exist_ok=True)
         frame.sample(frac=1.0, random_state=run["seed"]).to_csv(layout.metrics(key), index=False)
         history = layout.run(key).history
@@ -109,7 +109,7 @@ def test_too_few_pairs_give_insufficient_data(tmp_path):
 
 @pytest.mark.parametrize("victim", ["metrics", "history"])
 def test_a_missing_result_file_is_named(plan, victim):
-    key = RunKey(DATASET, MODEL, "unsupervised-s1")
+    key = RunKey(DATASET, MODEL, "unsupervised", "1")
     path = Layout(plan["results"]).metrics(key) if victim == "metrics" else Layout(plan["results"]).run(key).history
     path.unlink()
     with pytest.raises(DataError, match=str(path)):
