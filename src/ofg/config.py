@@ -6,7 +6,7 @@ The YAML keys are fixed (the workflow writes them)::
     model: {name: voxelmorph, size: small, overrides: {}}
     method: ofg          # unsupervised | ofg | self_training | opt_self_training
     ofg: {steps: 10, lr: 0.1, reg_weight: 1.0, window: 9}
-    loss: {ncc_weight: 1.0, mse_weight: 1.0, diffusion_weight: null}
+    loss: {ncc_weight: 1.0, mse_weight: 1.0, diffusion_weight: null, image: ncc, regularizer: grad_l2}
     epochs: 500
     iterations_per_epoch: null
     val_pairs: null
@@ -24,7 +24,9 @@ The defaults are the reference protocol: Adam(amsgrad) at lr 1e-4 with poly deca
 batch 1, OFG with k=10 Adam steps at lr 0.1 (poly-decayed per epoch), model loss
 MSE + 0.02 diffusion for OFG and the self-training methods, NCC + 1 diffusion for the baseline.
 The ``ofg`` section is a :class:`ofg.guidance.RefineSettings`; ``ofg.window`` is the local-NCC
-window of both the OFG energy and the baseline loss.
+window of both the OFG energy and the baseline loss. ``loss.image`` (ncc | mse, weight ``ncc_weight``)
+and ``loss.regularizer`` (grad_l2 | lku_smooth) are the terms of the network losses and of the OFG
+energy alike: ``ofg.image`` / ``ofg.regularizer`` are copied from them (other values are refused).
 
 ``null`` entries are resolved by :func:`resolve`: ``loss.diffusion_weight`` from the method, and
 ``bidirectional`` / ``augment_flips`` from the dataset's reference protocol.
@@ -43,6 +45,7 @@ import yaml
 
 from ofg.guidance import RefineSettings
 from ofg.io import DataError, require_file, write_text_atomic
+from ofg.losses import IMAGE_TERMS, REGULARIZERS
 from ofg.models import MODEL_NAMES
 
 METHODS = ("unsupervised", "ofg", "self_training", "opt_self_training")
@@ -72,11 +75,14 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of the model loss terms; ``diffusion_weight`` None means the method's default."""
+    """Terms (:data:`ofg.losses.IMAGE_TERMS`, :data:`ofg.losses.REGULARIZERS`) and weights of the model
+    loss; ``diffusion_weight`` (the regulariser's) None means the method's default."""
 
     ncc_weight: float = 1.0
     mse_weight: float = 1.0
     diffusion_weight: float | None = None
+    image: str = "ncc"
+    regularizer: str = "grad_l2"
 
 
 @dataclass
@@ -107,7 +113,13 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
         """Build from a (possibly partial) nested mapping; unknown keys raise a ValueError."""
-        return _from_mapping(cls, data, "")
+        config = _from_mapping(cls, data, "")
+        given = data.get("ofg") if isinstance(data.get("ofg"), Mapping) else {}
+        for key in ("image", "regularizer"):
+            if key in given and given[key] != getattr(config.loss, key):
+                raise ValueError(f"config key ofg.{key}: the OFG energy uses loss.{key} "
+                                 f"({getattr(config.loss, key)!r}); set that instead of ofg.{key} ({given[key]!r})")
+        return config
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
@@ -221,6 +233,10 @@ def validate(config: RunConfig) -> RunConfig:
     for key in ("ncc_weight", "mse_weight"):
         value = getattr(config.loss, key)
         _check(_is_number(value) and value >= 0, f"loss.{key}", "a number >= 0", value)
+    _check(config.loss.image in IMAGE_TERMS, "loss.image", f"one of {IMAGE_TERMS}", config.loss.image)
+    _check(config.loss.regularizer in REGULARIZERS, "loss.regularizer", f"one of {REGULARIZERS}",
+           config.loss.regularizer)
+    config.ofg.image, config.ofg.regularizer = config.loss.image, config.loss.regularizer
     dw = config.loss.diffusion_weight
     _check(dw is None or (_is_number(dw) and dw >= 0), "loss.diffusion_weight", "null or a number >= 0", dw)
     _check(_is_int(config.epochs) and config.epochs >= 1, "epochs", "an integer >= 1", config.epochs)
@@ -280,21 +296,3 @@ def coerce(config: "RunConfig | Mapping[str, Any] | str | Path") -> RunConfig:
     if isinstance(config, (str, Path)):
         return RunConfig.load(config)
     raise ValueError(f"config: expected a RunConfig, a mapping or a YAML path, got {type(config).__name__}")
-
-
-def differing_keys(a: RunConfig, b: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Dotted keys whose values differ between two configs (nested mappings compared leaf by leaf)."""
-    return [k for k in _diff(a.to_dict(), b.to_dict(), "") if k not in ignore]
-
-
-def _diff(a: Any, b: Any, prefix: str) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = sorted(set(a) | set(b), key=str)
-        out: list[str] = []
-        for key in keys:
-            out += _diff(a.get(key, _MISSING), b.get(key, _MISSING), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-_MISSING = object()

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -116,9 +117,9 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", out: str | 
     model, config = load_checkpoint(checkpoint, device)
     root = dataset_root if dataset_root is not None else config.dataset.root
     dataset = open_dataset(config.dataset.name, root, **config.dataset.options)
-    settings = RefineSettings(refine_steps, config.ofg.lr if refine_lr is None else refine_lr,
-                              config.ofg.reg_weight if refine_reg_weight is None else refine_reg_weight,
-                              config.ofg.window)
+    settings = dataclasses.replace(config.ofg, steps=refine_steps,  # the run's window, image term, regulariser
+                                   lr=config.ofg.lr if refine_lr is None else refine_lr,
+                                   reg_weight=config.ofg.reg_weight if refine_reg_weight is None else refine_reg_weight)
     table = evaluate(model, dataset, split, device=device, refine_settings=settings, **kwargs)
     table.insert(0, "checkpoint", str(checkpoint))
     table.insert(1, "method", config.method)
