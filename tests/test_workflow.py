@@ -148,6 +148,16 @@ def test_default_configs_run_configs_are_unchanged_by_the_protocol_keys():
         assert (params["settings"]["image"], params["settings"]["regularizer"]) == ("ncc", "grad_l2")
 
 
+def test_dice_rule_reaches_evaluation_refinement_and_report():
+    config = load_config("config.yaml")
+    run = ofg_plan.Run("embedded-ct", "voxelmorph", "unsupervised")
+    assert ofg_plan.evaluate_parameters(config, run)["dice_rule"] == "either"
+    config["datasets"]["embedded-ct"]["dice_rule"] = "both"
+    assert ofg_plan.evaluate_parameters(config, run)["dice_rule"] == "both"
+    assert ofg_plan.refinement_parameters(config, "embedded-ct")["dice_rule"] == "both"
+    assert ofg_plan.report_plan(config)["dice_rules"] == {"embedded-brain": "either", "embedded-ct": "both"}
+
+
 def test_check_config_names_the_key():
     config = load_config("config.yaml")
     config["ablation"]["models"] = ["transmorph"]

@@ -76,29 +76,32 @@ def as_field(disp: torch.Tensor) -> np.ndarray:
 
 
 def mean_dice(field: np.ndarray, moving_label: np.ndarray, fixed_label: np.ndarray, labels: list[int],
-              label_mode: str = "onehot") -> tuple[float, np.ndarray, np.ndarray]:
+              label_mode: str = "onehot", rule: str = "either") -> tuple[float, np.ndarray, np.ndarray]:
     """(mean Dice, per-label Dice, warped labels) of ``field`` (3,D,H,W) in voxels.
 
     Every class of the moving label map is warped (``label_mode`` "onehot": trilinear one-hot and
     argmax, TransMorph's convention; "nearest": nearest-neighbour, the OFG reference code's); Dice
-    is then taken over ``labels``; the mean skips labels absent from both images (NaN).
+    is then taken over ``labels`` and averaged by ``rule`` (:func:`ofg.metrics.mean_dice_of`):
+    "either" skips labels absent from both the warped and the fixed map (NaN), "both" averages over
+    the labels present in both the moving and the fixed map.
     """
     warped = metrics.warp_labels(moving_label, field, None, mode=check_label_mode(label_mode))
     per_label = np.asarray(metrics.dice(warped, fixed_label, labels), dtype=np.float64)
-    mean = float(np.nanmean(per_label)) if np.isfinite(per_label).any() else float("nan")
-    return mean, per_label, warped
+    present = metrics.labels_present_in_both(moving_label, fixed_label, labels) if rule == "both" else None
+    return metrics.mean_dice_of(per_label, rule, present), per_label, warped
 
 
 def field_metrics(disp: torch.Tensor, moving_label: np.ndarray, fixed_label: np.ndarray, labels: list[int],
-                  *, label_mode: str = "onehot", hd95: bool = False, spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
-                  ground_truth: np.ndarray | None = None, full: bool = True) -> dict[str, float]:
+                  *, label_mode: str = "onehot", dice_rule: str = "either", hd95: bool = False,
+                  spacing: tuple[float, ...] = (1.0, 1.0, 1.0), ground_truth: np.ndarray | None = None,
+                  full: bool = True) -> dict[str, float]:
     """The metrics of one field ``disp`` (1,3,D,H,W) in voxels between integer label maps (D,H,W).
 
-    ``full=False`` computes only Dice and folding (the per-epoch validation). Columns: see
-    :mod:`ofg.evaluate`.
+    ``dice_mean`` averages the per-label Dice by ``dice_rule`` (:func:`mean_dice`). ``full=False``
+    computes only Dice and folding (the per-epoch validation). Columns: see :mod:`ofg.evaluate`.
     """
     field = as_field(disp)
-    dice_mean, per_label, warped = mean_dice(field, moving_label, fixed_label, labels, label_mode)
+    dice_mean, per_label, warped = mean_dice(field, moving_label, fixed_label, labels, label_mode, dice_rule)
     row: dict[str, float] = {"dice_mean": dice_mean}
     row.update({f"dice_{label}": float(v) for label, v in zip(labels, per_label)})
     det = metrics.jacobian_determinant(field)  # once: folding and the plain SDlogJ both use it

@@ -161,6 +161,11 @@ def protocol(config: Mapping[str, Any], dataset: str, model: str) -> dict[str, d
     return out
 
 
+def dice_rule(config: Mapping[str, Any], dataset: str) -> str:
+    """How ``dataset``'s per-label Dice are averaged (:data:`ofg.metrics.DICE_RULES`; default 'either')."""
+    return config["datasets"][dataset].get("dice_rule") or "either"
+
+
 def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
     """The run config (see :mod:`ofg.config`) of ``run``, validated; the teacher of a self-training run
     is the best checkpoint of the same dataset and model's unsupervised run. The dataset's
@@ -205,7 +210,7 @@ def evaluate_parameters(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
     return {"checkpoint": str(paths.run(run.key).best), "out": str(paths.metrics(run.key)),
             "sample_out": str(paths.sample(run.key)), "split": evaluation["split"],
             "hd95": evaluation["hd95"], "label_mode": evaluation["label_mode"],
-            "device": config["device"], "progress": False}
+            "dice_rule": dice_rule(config, run.dataset), "device": config["device"], "progress": False}
 
 
 def refinement_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
@@ -221,6 +226,7 @@ def refinement_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, 
             "options": dict(config["datasets"][dataset].get("options", {})),
             "model_name": section["model"], "model_size": config["model_size"], "starts": list(section["starts"]),
             "settings": settings, "label_mode": config["evaluation"]["label_mode"],
+            "dice_rule": dice_rule(config, dataset),
             "n_pairs": section["n_pairs"], "split": section["split"], "seed": section["seed"],
             "device": config["device"], "out": str(layout(config).refinement(dataset))}
 
@@ -247,6 +253,7 @@ def report_plan(config: Mapping[str, Any]) -> dict[str, Any]:
         "qualitative": pairs,
         "embedded": any(name in EMBEDDED for name in config["datasets"]),
         "label_mode": config["evaluation"]["label_mode"],
+        "dice_rules": {name: dice_rule(config, name) for name in config["datasets"]},
         "split": config["evaluation"]["split"],
         "device": config["device"],
     }
