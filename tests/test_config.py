@@ -18,6 +18,8 @@ loss: {ncc_weight: 1.0, mse_weight: 1.0, diffusion_weight: null}
 epochs: 500
 iterations_per_epoch: null
 val_pairs: null
+val_label_mode: onehot
+val_dice_rule: either
 lr: 1.0e-4
 seed: 0
 device: auto
@@ -70,6 +72,8 @@ def test_unknown_keys_are_listed_with_the_valid_ones():
     ({"bidirectional": "yes"}, "bidirectional"),
     ({"loss": {"diffusion_weight": "lots"}}, "loss.diffusion_weight"),
     ({"loss": {"image": "lncc"}}, "loss.image"),
+    ({"val_label_mode": "linear"}, "val_label_mode"),
+    ({"val_dice_rule": "all"}, "val_dice_rule"),
     ({"loss": {"regularizer": "bending"}}, "loss.regularizer"),
     ({"ofg": {"image": "mse"}}, "ofg.image"),
     ({"loss": {"regularizer": "lku_smooth"}, "ofg": {"regularizer": "grad_l2"}}, "ofg.regularizer"),

@@ -17,12 +17,14 @@ import pytest
 import torch
 import yaml
 
+import ofg.train as train_module
 import synthetic
 from ofg.checkpoint import read_checkpoint, save_checkpoint
 from ofg.config import RunConfig
 from ofg.data import open_dataset
 from ofg.data.fixtures import make_oasis_fixture
 from ofg.data.torch_dataset import PairDataset
+from ofg.inference import validation_scores
 from ofg.io import DataError
 from ofg.models import build_model
 from ofg.spatial import warp
@@ -245,6 +247,26 @@ def test_reference_pairing_trains_new_pairs_every_epoch_and_resumes_exactly(tmp_
     straight, resumed = (pd.read_csv(run / "history.csv") for run in (reference, tmp_path / "killed"))
     for column in ("loss", "loss_mse", "val_dice"):
         assert np.array_equal(straight[column].to_numpy(), resumed[column].to_numpy(), equal_nan=True)
+
+
+def test_validation_scores_dice_with_the_configured_label_mode_and_rule(tmp_path, monkeypatch):
+    calls = []
+
+    def recording(*args, **kwargs):
+        calls.append((kwargs["label_mode"], kwargs["dice_rule"]))
+        return validation_scores(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "validation_scores", recording)
+    config = make_config("unsupervised", epochs=1, val_label_mode="nearest", val_dice_rule="both")
+    run = train(config, tmp_path / "run", progress=False)
+    assert calls == [("nearest", "both")]
+    model = build_model("voxelmorph", (16, 16, 16), size="small", **TINY)
+    model.load_state_dict(weights(run))
+    dataset = synthetic.SyntheticDataset(n_train=2, n_val=1, n_test=1)
+    expected, _ = validation_scores(model, dataset, "val", label_mode="nearest", dice_rule="both")
+    assert pd.read_csv(run / "history.csv")["val_dice"].tolist() == [expected]
+    train(make_config("unsupervised", epochs=1), tmp_path / "default", progress=False)
+    assert calls[-1] == ("onehot", "either")  # the defaults: TransMorph's one-hot warping, labels in either map
 
 
 @pytest.mark.slow

@@ -155,6 +155,12 @@ def test_dice_rule_reaches_evaluation_refinement_and_report():
     config["datasets"]["embedded-ct"]["dice_rule"] = "both"
     assert ofg_plan.evaluate_parameters(config, run)["dice_rule"] == "both"
     assert ofg_plan.refinement_parameters(config, "embedded-ct")["dice_rule"] == "both"
+    # the per-epoch validation (which selects best.pt) scores Dice as the evaluation does
+    config["evaluation"]["label_mode"] = "nearest"
+    rc = ofg_plan.run_config(config, run)
+    assert (rc["val_label_mode"], rc["val_dice_rule"]) == ("nearest", "both")
+    brain = ofg_plan.run_config(config, ofg_plan.Run("embedded-brain", "voxelmorph", "unsupervised"))
+    assert (brain["val_label_mode"], brain["val_dice_rule"]) == ("nearest", "either")
     assert ofg_plan.report_plan(config)["dice_rules"] == {"embedded-brain": "either", "embedded-ct": "both"}
 
 

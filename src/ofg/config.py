@@ -10,6 +10,8 @@ The YAML keys are fixed (the workflow writes them)::
     epochs: 500
     iterations_per_epoch: null
     val_pairs: null
+    val_label_mode: onehot   # onehot | nearest: how validation warps labels (selects best.pt)
+    val_dice_rule: either    # either | both: how validation averages a pair's Dice
     lr: 1.0e-4
     seed: 0
     device: auto
@@ -46,6 +48,7 @@ import yaml
 from ofg.guidance import RefineSettings
 from ofg.io import DataError, require_file, write_text_atomic
 from ofg.losses import IMAGE_TERMS, REGULARIZERS
+from ofg.metrics import DICE_RULES, LABEL_MODES
 from ofg.models import MODEL_NAMES
 
 METHODS = ("unsupervised", "ofg", "self_training", "opt_self_training")
@@ -97,6 +100,8 @@ class RunConfig:
     epochs: int = 500
     iterations_per_epoch: int | None = None
     val_pairs: int | None = None
+    val_label_mode: str = "onehot"
+    val_dice_rule: str = "either"
     lr: float = 1.0e-4
     seed: int = 0
     device: str = "auto"
@@ -233,9 +238,10 @@ def validate(config: RunConfig) -> RunConfig:
     for key in ("ncc_weight", "mse_weight"):
         value = getattr(config.loss, key)
         _check(_is_number(value) and value >= 0, f"loss.{key}", "a number >= 0", value)
-    _check(config.loss.image in IMAGE_TERMS, "loss.image", f"one of {IMAGE_TERMS}", config.loss.image)
-    _check(config.loss.regularizer in REGULARIZERS, "loss.regularizer", f"one of {REGULARIZERS}",
-           config.loss.regularizer)
+    choices = {"loss.image": (config.loss.image, IMAGE_TERMS), "loss.regularizer": (config.loss.regularizer, REGULARIZERS),
+               "val_label_mode": (config.val_label_mode, LABEL_MODES), "val_dice_rule": (config.val_dice_rule, DICE_RULES)}
+    for key, (value, names) in choices.items():
+        _check(value in names, key, f"one of {names}", value)
     config.ofg.image, config.ofg.regularizer = config.loss.image, config.loss.regularizer
     dw = config.loss.diffusion_weight
     _check(dw is None or (_is_number(dw) and dw >= 0), "loss.diffusion_weight", "null or a number >= 0", dw)
@@ -265,10 +271,8 @@ def validate(config: RunConfig) -> RunConfig:
 
 
 def _valid_device(device: str) -> bool:
-    if device in ("auto", "cpu", "cuda"):
-        return True
     head, _, index = device.partition(":")
-    return head == "cuda" and index.isdigit()
+    return device in ("auto", "cpu", "cuda") or (head == "cuda" and index.isdigit())
 
 
 def resolve(config: RunConfig, dataset: Any | None = None) -> RunConfig:

@@ -19,7 +19,7 @@ from ofg.data.base import check_split
 from ofg.runtime import AMP_DTYPE, synchronize
 from ofg.spatial import warp
 
-LABEL_MODES = ("onehot", "nearest")
+LABEL_MODES = metrics.LABEL_MODES
 
 
 def check_label_mode(label_mode: str) -> str:
@@ -131,8 +131,9 @@ def _hd95(pred: np.ndarray, true: np.ndarray, labels: list[int], spacing: tuple[
 
 def validation_scores(model: torch.nn.Module, dataset: Any, split: str = "val", *, max_pairs: int | None = None,
                       device: str | torch.device | None = None, label_mode: str = "onehot",
-                      progress: bool = False) -> tuple[float, float]:
+                      dice_rule: str = "either", progress: bool = False) -> tuple[float, float]:
     """(mean Dice, mean %|J|≤0) over the first ``max_pairs`` pairs of ``split``; (NaN, NaN) if none.
+    Labels are warped by ``label_mode``, each pair's Dice averaged by ``dice_rule`` (:func:`mean_dice`).
 
     ``model`` runs in eval mode and is put back in its previous mode.
     """
@@ -148,7 +149,8 @@ def validation_scores(model: torch.nn.Module, dataset: Any, split: str = "val", 
         for index in tqdm(range(count), desc=f"validate {split}", disable=not progress, leave=False):
             pair = pairs[index]
             disp, _ = predict(model, *pair_tensors(pair, device))
-            row = field_metrics(disp, pair.moving_label, pair.fixed_label, labels, label_mode=label_mode, full=False)
+            row = field_metrics(disp, pair.moving_label, pair.fixed_label, labels, label_mode=label_mode,
+                                dice_rule=dice_rule, full=False)
             dice.append(row["dice_mean"])
             folding.append(row["folding_percent"])
     finally:

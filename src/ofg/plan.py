@@ -192,6 +192,8 @@ def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
         out[key] = train[key]
     for key in ("bidirectional", "augment_flips"):
         out[key] = entry.get(key)
+    # validation Dice (which selects best.pt) as the evaluation's: its label warping, the dataset's rule
+    out["val_label_mode"], out["val_dice_rule"] = config["evaluation"]["label_mode"], dice_rule(config, run.dataset)
     if run.method in TEACHER_METHODS:
         out["teacher"] = str(layout(config).run(run.teacher().key).best)
     RunConfig.from_dict(out)  # raises a ValueError naming the key

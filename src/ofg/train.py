@@ -151,8 +151,7 @@ def _run_epoch(step: Step, dataset: Any, epoch: int, device: torch.device, progr
                 if stop_check is not None:
                     stop_check(steps)
     row = {name: value / max(steps, 1) for name, value in sums.items()}
-    row["iterations"] = steps
-    row["seconds_per_iteration"] = step_seconds / max(steps, 1)
+    row.update(iterations=steps, seconds_per_iteration=step_seconds / max(steps, 1))
     for column in ("ofg_seconds_per_iteration", "teacher_seconds_per_iteration"):
         row[column] = target_seconds / max(steps, 1) if column == step.objective.timing_column else float("nan")
     return row
@@ -253,6 +252,7 @@ def _run_one_epoch(step: Step, model: torch.nn.Module, dataset: Any, state: _Sta
     val_dice, val_folding = float("nan"), float("nan")
     if len(dataset.pairs("val")) > 0:
         val_dice, val_folding = validation_scores(model, dataset, "val", max_pairs=config.val_pairs, device=device,
+                                                  label_mode=config.val_label_mode, dice_rule=config.val_dice_rule,
                                                   progress=progress)
     memory, memory_source = peak_memory_mb(device)
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
