@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from ofg.config import RunConfig, coerce, differing_keys, resolve
+from ofg.config import RunConfig, coerce, resolve
 from ofg.io import DataError
+from ofg.resume import differing_keys
 
 WORKFLOW_YAML = """
 dataset: {name: embedded-brain, root: data/embedded-brain, options: {}}
@@ -17,6 +18,8 @@ loss: {ncc_weight: 1.0, mse_weight: 1.0, diffusion_weight: null}
 epochs: 500
 iterations_per_epoch: null
 val_pairs: null
+val_label_mode: onehot
+val_dice_rule: either
 lr: 1.0e-4
 seed: 0
 device: auto
@@ -69,6 +72,12 @@ def test_unknown_keys_are_listed_with_the_valid_ones():
     ({"iterations_per_epoch": 0}, "iterations_per_epoch"),
     ({"bidirectional": "yes"}, "bidirectional"),
     ({"loss": {"diffusion_weight": "lots"}}, "loss.diffusion_weight"),
+    ({"loss": {"image": "lncc"}}, "loss.image"),
+    ({"val_label_mode": "linear"}, "val_label_mode"),
+    ({"val_dice_rule": "all"}, "val_dice_rule"),
+    ({"loss": {"regularizer": "bending"}}, "loss.regularizer"),
+    ({"ofg": {"image": "mse"}}, "ofg.image"),
+    ({"loss": {"regularizer": "lku_smooth"}, "ofg": {"regularizer": "grad_l2"}}, "ofg.regularizer"),
 ])
 def test_bad_values_name_the_key(patch, key):
     with pytest.raises(ValueError, match=f"config key {key}"):
@@ -123,3 +132,22 @@ def test_differing_keys_and_coerce(tmp_path):
     assert coerce(tmp_path / "b.yaml") == b and coerce(b.to_dict()) == b and coerce(b) is not b
     with pytest.raises(ValueError, match="config"):
         coerce(42)
+
+
+def test_image_term_and_regularizer_default_to_ncc_and_grad_l2_and_reach_the_energy(tmp_path):
+    default = RunConfig()
+    assert (default.loss.image, default.loss.regularizer) == ("ncc", "grad_l2")
+    assert (default.ofg.image, default.ofg.regularizer) == ("ncc", "grad_l2")
+    config = RunConfig.from_dict({"loss": {"image": "mse", "regularizer": "lku_smooth", "diffusion_weight": 5.0},
+                                  "ofg": {"reg_weight": 5.0}})
+    # the OFG energy uses the network loss's terms: the config copies them into the ofg section
+    assert (config.ofg.image, config.ofg.regularizer) == ("mse", "lku_smooth")
+    assert config.ofg.kwargs()["image"] == "mse" and config.diffusion_weight == 5.0
+    config.save(tmp_path / "c.yaml")
+    assert RunConfig.load(tmp_path / "c.yaml") == config  # the saved ofg.image equals loss.image: accepted
+    assert RunConfig.from_dict({"loss": {"image": "mse"}, "ofg": {"image": "mse"}}).ofg.image == "mse"
+    # a run folder written before these keys existed reads as the defaults: nothing becomes stale
+    old = RunConfig().to_dict()
+    old["loss"] = {k: v for k, v in old["loss"].items() if k not in ("image", "regularizer")}
+    old["ofg"] = {k: v for k, v in old["ofg"].items() if k not in ("image", "regularizer")}
+    assert differing_keys(RunConfig.from_dict(old), RunConfig()) == []

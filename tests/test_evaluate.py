@@ -11,6 +11,7 @@ import synthetic
 from synthetic import Oracle
 from ofg.checkpoint import load_checkpoint, save_checkpoint
 from ofg.config import RunConfig
+from ofg.data.base import PairList
 from ofg.evaluate import evaluate, evaluate_checkpoint, main
 from ofg.guidance import RefineSettings
 from ofg.models import build_model
@@ -77,6 +78,47 @@ def test_refinement_columns_and_improvement(data):
     assert (table["refined_endpoint_error"] < table["endpoint_error"]).all()
 
 
+class _Zero(torch.nn.Module):
+    def forward(self, x):
+        return x[:, :1], torch.zeros(x.shape[0], 3, *x.shape[2:], dtype=x.dtype)
+
+
+class _MovingWithoutLabel3:
+    """The test pairs of ``data`` with label 3 erased from the moving label map (present in fixed only)."""
+
+    def __init__(self, data):
+        self.data, self.labels, self.image_size = data, data.labels, data.image_size
+
+    def pairs(self, split):
+        pairs = self.data.pairs(split)
+        return PairList(pairs.keys, lambda i: pairs[i]._replace(
+            moving_label=np.where(pairs[i].moving_label == 3, 0, pairs[i].moving_label)))
+
+    def ground_truth(self, split, index):
+        return self.data.ground_truth(split, index)
+
+
+def test_dice_rule_both_averages_over_labels_present_in_moving_and_fixed(data):
+    dataset = _MovingWithoutLabel3(data)
+    settings = RefineSettings(steps=2, lr=0.1)
+    either = evaluate(_Zero(), dataset, "test", refine_settings=settings, progress=False)
+    both = evaluate(_Zero(), dataset, "test", dice_rule="both", refine_settings=settings, progress=False)
+    assert (either["dice_rule"] == "either").all() and (both["dice_rule"] == "both").all()
+    assert (either["dice_3"] == 0).all()  # in the fixed map only: the warped map cannot have it
+    for prefix in ("", "refined_"):
+        d1, d2 = either[f"{prefix}dice_1"], either[f"{prefix}dice_2"]
+        np.testing.assert_allclose(either[f"{prefix}dice_mean"], (d1 + d2 + either[f"{prefix}dice_3"]) / 3)
+        np.testing.assert_allclose(both[f"{prefix}dice_mean"], (d1 + d2) / 2)  # label 3 is not in both
+    per_label = [c for c in either.columns if c.startswith("dice_") and c not in ("dice_mean", "dice_rule")]
+    pd.testing.assert_frame_equal(either[per_label], both[per_label])  # only the mean follows the rule
+    # a label missing from one image only counts where it is in both: on the untouched pairs the rules agree
+    plain_either = evaluate(_Zero(), data, "test", progress=False)
+    plain_both = evaluate(_Zero(), data, "test", dice_rule="both", progress=False)
+    np.testing.assert_array_equal(plain_either["dice_mean"], plain_both["dice_mean"])
+    with pytest.raises(ValueError, match="dice_rule must be one of"):
+        evaluate(_Zero(), data, "test", dice_rule="all", progress=False)
+
+
 def test_bad_arguments(data):
     model = Oracle(data, "test")
     with pytest.raises(ValueError, match="label_mode"):
@@ -108,5 +150,9 @@ def test_checkpoint_evaluation_and_cli(tmp_path, monkeypatch):
                  "--no-progress", "--device", "cpu"]) == 0
     cli = pd.read_csv(tmp_path / "cli.csv")
     assert (cli["label_mode"] == "nearest").all() and len(cli) == 2
+    assert (table["dice_rule"] == "either").all() and (cli["dice_rule"] == "either").all()
+    assert main([str(tmp_path / "best.pt"), "--out", str(tmp_path / "both.csv"), "--dice-rule", "both",
+                 "--no-progress", "--device", "cpu"]) == 0
+    assert (pd.read_csv(tmp_path / "both.csv")["dice_rule"] == "both").all()
     assert main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.csv"), "--no-progress"]) == 1
     assert not (tmp_path / "x.csv").exists()

@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from ofg.bench.core import naive_diffusion_l2, naive_ncc_loss, naive_refine, naive_warp
-from ofg.guidance import OFGLoss, poly_lr, refine
+from ofg.guidance import OFGLoss, RefineSettings, poly_lr, refine
+from ofg.losses import lku_smoothness_loss
 
 
 def _pair(gen, batch=1, shape=(12, 12, 12), dtype=torch.float64):
@@ -169,3 +170,62 @@ def test_refine_energies_follow_the_reference_energy_along_the_trajectory(gen):
     for phi, energy in zip(seen, energies):
         expected = naive_ncc_loss(fixed, naive_warp(moving, phi)) + 2.0 * naive_diffusion_l2(phi)
         assert energy == pytest.approx(expected.item(), rel=1e-10)
+
+
+# ---- the image term and the regulariser of the energy (loss.image, loss.regularizer) -----------
+
+
+def naive_terms_refine(moving, fixed, disp, steps, lr, reg_weight, window, image, regularizer):
+    """The reference loop for a batch of one with any image term and regulariser, by autograd."""
+    phi = disp.detach().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([phi], lr=lr, amsgrad=True, weight_decay=0)
+    energies = []
+    for _ in range(steps + 1):
+        warped = naive_warp(moving, phi)
+        similarity = naive_ncc_loss(fixed, warped, window) if image == "ncc" else F.mse_loss(warped, fixed)
+        smooth = naive_diffusion_l2(phi) if regularizer == "grad_l2" else lku_smoothness_loss(phi)
+        energy = similarity + reg_weight * smooth
+        energies.append(energy.item())
+        if len(energies) > steps:
+            break
+        optimiser.zero_grad()
+        energy.backward()
+        optimiser.step()
+    return phi.detach(), energies
+
+
+@pytest.mark.parametrize("image, regularizer", [("mse", "grad_l2"), ("ncc", "lku_smooth"), ("mse", "lku_smooth")])
+def test_refine_with_other_terms_equals_the_autograd_loop_in_float64(gen, image, regularizer):
+    moving, fixed, disp = _pair(gen, shape=(9, 12, 10))  # unequal sizes: lku_smooth weighs every axis differently
+    ours, energies = refine(moving, fixed, disp, steps=5, lr=0.1, reg_weight=5.0, window=5, image=image,
+                            regularizer=regularizer)
+    expected, expected_energies = naive_terms_refine(moving, fixed, disp, 5, 0.1, 5.0, 5, image, regularizer)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-9)
+    assert energies == pytest.approx(expected_energies, rel=1e-10)
+    assert (ours - disp).abs().max() > 0.05 and energies[-1] < energies[0]
+    plain, _ = refine(moving, fixed, disp, steps=5, lr=0.1, reg_weight=5.0, window=5)
+    assert (plain - ours).abs().max() > 1e-3  # the choice reaches the energy
+
+
+def test_refine_terms_batch_is_per_sample_and_settings_carry_them(gen):
+    moving, fixed, disp = _pair(gen, batch=2, shape=(8, 9, 10))
+    settings = RefineSettings(steps=3, lr=0.1, reg_weight=2.0, window=5, image="mse", regularizer="lku_smooth")
+    batched, _ = refine(moving, fixed, disp, **settings.kwargs())
+    for b in range(2):
+        alone, _ = refine(moving[b:b + 1], fixed[b:b + 1], disp[b:b + 1], **settings.kwargs())
+        torch.testing.assert_close(batched[b:b + 1], alone, rtol=0, atol=1e-12)
+    criterion = OFGLoss.from_settings(settings)
+    assert (criterion.image, criterion.regularizer) == ("mse", "lku_smooth") and "image=mse" in repr(criterion)
+    target, _ = refine(moving, fixed, disp, **settings.kwargs())
+    torch.testing.assert_close(criterion(moving, fixed, disp), F.mse_loss(disp, target), rtol=0, atol=0)
+    assert (RefineSettings().image, RefineSettings().regularizer) == ("ncc", "grad_l2")
+
+
+def test_refine_refuses_unknown_terms_and_a_2d_lku_smooth():
+    image, disp = torch.rand(1, 1, 6, 6, 6), torch.zeros(1, 3, 6, 6, 6)
+    with pytest.raises(ValueError, match="image must be one of"):
+        refine(image, image, disp, image="lncc")
+    with pytest.raises(ValueError, match="regularizer one of"):
+        refine(image, image, disp, regularizer="bending")
+    with pytest.raises(ValueError, match="'lku_smooth'.* is 3-D"):
+        refine(torch.rand(1, 1, 6, 6), torch.rand(1, 1, 6, 6), torch.zeros(1, 2, 6, 6), regularizer="lku_smooth")

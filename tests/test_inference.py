@@ -55,6 +55,14 @@ def test_both_dice_gives_each_convention_and_the_configured_one(data):
         both_dice(disp, pair.moving_label, pair.fixed_label, labels, label_mode="linear")
 
 
+def test_validation_follows_the_dice_rule(data):
+    oracle = Oracle(data, "test", scale=0.5)
+    for rule in ("either", "both"):
+        table = evaluate(oracle, data, "test", label_mode="nearest", dice_rule=rule, progress=False)
+        dice, _ = validation_scores(oracle, data, "test", label_mode="nearest", dice_rule=rule)
+        assert dice == pytest.approx(table["dice_mean"].mean())
+
+
 def test_forward_amp_keeps_the_field_and_warp_in_float32(data):
     torch.manual_seed(0)
     net = torch.nn.Conv3d(2, 3, 3, padding=1)

@@ -3,9 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from ofg.bench.core import naive_ncc_loss
-from ofg.losses import (FixedImageNCC, _box_sum, diffusion_loss, diffusion_terms, fixed_window_sums, local_ncc,
-                        lku_smoothness_loss,
-                        ncc_loss, window_sum)
+from ofg.losses import (FixedImageMSE, FixedImageNCC, _box_sum, diffusion_loss, diffusion_terms, fixed_window_sums,
+                        lku_smoothness_loss, local_ncc, ncc_loss, window_sum)
 
 
 def reference_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9) -> torch.Tensor:
@@ -231,3 +230,47 @@ def test_lku_smoothness_loss_is_the_reference_formula_on_the_normalised_field(ge
     assert float(lku_smoothness_loss(linear)) == pytest.approx((6 / 5) ** 2 / 3 / 3)
     with pytest.raises(ValueError, match="3-D"):
         lku_smoothness_loss(torch.zeros(1, 2, 4, 4))
+
+
+# ---- FixedImageMSE: the MSE image term of the OFG energy --------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 9, 10, 11), (1, 1, 6, 7), (3, 1, 4, 5, 6)])
+def test_fixed_image_mse_closed_form_gradient_equals_autograd_in_float64(gen, shape):
+    fixed = torch.rand(shape, generator=gen, dtype=torch.float64)
+    warped = (torch.rand(shape, generator=gen, dtype=torch.float64) * 3 - 1).requires_grad_(True)
+    expected = torch.stack([F.mse_loss(warped[b:b + 1], fixed[b:b + 1]) for b in range(shape[0])])
+    (grad_expected,) = torch.autograd.grad(expected.sum(), warped)
+    mse = FixedImageMSE(fixed)
+    energy, grad = mse.energy_and_grad(warped)
+    torch.testing.assert_close(energy, expected.detach(), rtol=1e-13, atol=0)
+    torch.testing.assert_close(grad, grad_expected, rtol=1e-13, atol=1e-16)
+    assert torch.equal(mse.energy(warped), energy)
+    assert warped.grad is None and not grad.requires_grad and not energy.requires_grad
+
+
+def test_fixed_image_mse_passes_gradcheck(gen):
+    fixed = torch.rand((2, 1, 4, 5, 3), generator=gen, dtype=torch.float64)
+    warped = torch.rand((2, 1, 4, 5, 3), generator=gen, dtype=torch.float64, requires_grad=True)
+    mse = FixedImageMSE(fixed)
+
+    class Energy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            energy, grad = mse.energy_and_grad(x)
+            ctx.save_for_backward(grad)
+            return energy
+
+        @staticmethod
+        def backward(ctx, upstream):
+            (grad,) = ctx.saved_tensors
+            return grad * upstream.view(-1, *[1] * (grad.ndim - 1))
+
+    assert torch.autograd.gradcheck(Energy.apply, (warped,), eps=1e-6, atol=1e-9)
+
+
+def test_fixed_image_mse_bad_inputs():
+    with pytest.raises(ValueError, match="fixed: expected"):
+        FixedImageMSE(torch.rand(1, 2, 6, 6, 6))
+    with pytest.raises(ValueError, match="warped: expected shape"):
+        FixedImageMSE(torch.rand(1, 1, 6, 6, 6)).energy(torch.rand(1, 1, 6, 6, 5))

@@ -13,7 +13,9 @@ import pytest
 from ofg import report
 from ofg.io import DataError
 from ofg.layout import Layout, RunKey
+from ofg.metrics import DICE_RULES
 from ofg.plan import report_plan
+from ofg.report.render import DICE_RULE_TEXT, table_caption
 
 LABELS = (2, 3, 4)
 PAIRS = [("atlas", f"s{i}") for i in range(6)]
@@ -36,7 +38,7 @@ def metrics_frame(rng: np.random.Generator, offset: float, order: np.ndarray | N
     for index, (moving, fixed) in enumerate(PAIRS):
         dice = np.clip(0.6 + offset + 0.05 * rng.standard_normal(len(LABELS)), 0, 1)
         rows.append({"checkpoint": f"ckpt-{offset}", "split": "test", "pair_index": index, "moving": moving,
-                     "fixed": fixed, "label_mode": "onehot", "dice_mean": dice.mean(),
+                     "fixed": fixed, "label_mode": "onehot", "dice_rule": "either", "dice_mean": dice.mean(),
                      **{f"dice_{label}": d for label, d in zip(LABELS, dice)},
                      "folding_percent": rng.uniform(0, 1), "sdlogj_l2r": rng.uniform(0, 0.1),
                      "sdlogj_plain": rng.uniform(0, 0.1), "hd95": rng.uniform(1, 3), "hd95_mm": rng.uniform(3, 9),
@@ -81,6 +83,24 @@ def test_summarize_run_spreads_over_pairs_and_over_structures_times_pairs():
     every = frame[[f"dice_{label}" for label in LABELS]].to_numpy().ravel()
     assert summary["dice_std_structures_pairs"] == pytest.approx(np.std(every, ddof=1))
     assert summary["hd95"] == pytest.approx(frame.hd95.mean())
+
+
+def test_structure_columns_are_the_per_label_dice_only():
+    frame = metrics_frame(np.random.default_rng(0), 0.0)
+    assert report.structure_columns(frame) == [f"dice_{label}" for label in LABELS]
+    summary = report.summarize_run(frame)  # the string column dice_rule is no structure
+    assert summary["n_pairs"] == len(PAIRS)
+
+
+def test_caption_names_the_dice_rule_of_every_dataset():
+    base = {"split": "test", "label_mode": "nearest"}
+    single = table_caption({**base, "dice_rules": {"ixi": "either", "lpba": "either"}}, "T.")
+    assert "(rule 'either')" in single and "both" not in single
+    assert "(rule 'either')" in table_caption(base, "T.")  # a plan from before the rules were recorded
+    mixed = table_caption({**base, "dice_rules": {"ixi": "either", "oasis": "either", "abdomen": "both"}}, "T.")
+    assert "(rule 'either': ixi, oasis)" in mixed and "(rule 'both': abdomen)" in mixed
+    assert DICE_RULE_TEXT["both"] in mixed and DICE_RULE_TEXT["either"] in mixed
+    assert set(DICE_RULE_TEXT) == set(DICE_RULES)
 
 
 def test_latex_escapes_special_characters():
@@ -189,6 +209,7 @@ def test_tables_content(synthetic_plan):
     assert selft.best_val_dice.tolist() == [0.6] * 4
     md = (tables / "main_results.md").read_text()
     assert "± over structures×pairs" in md and report.EMBEDDED_CAVEAT in md
+    assert "(rule 'either')" in md and "labels warped by onehot" in md
     assert "PUBLISHED" in (tables / "published.md").read_text()
 
 

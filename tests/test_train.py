@@ -17,16 +17,20 @@ import pytest
 import torch
 import yaml
 
+import ofg.train as train_module
 import synthetic
 from ofg.checkpoint import read_checkpoint, save_checkpoint
 from ofg.config import RunConfig
+from ofg.data import open_dataset
+from ofg.data.fixtures import make_oasis_fixture
 from ofg.data.torch_dataset import PairDataset
+from ofg.inference import validation_scores
 from ofg.io import DataError
 from ofg.models import build_model
 from ofg.spatial import warp
 from ofg.spatial import flip_field
 from ofg.teacher import TeacherFields
-from ofg.train import TrainingDiverged, epoch_order, main, train
+from ofg.train import Step, TrainingDiverged, epoch_order, main, pair_key, train
 
 TINY = {"encoder": [4, 4], "decoder": [4, 4, 4]}
 TESTS = Path(__file__).resolve().parent
@@ -201,6 +205,68 @@ def test_resume_after_simulated_kills_is_bitwise_exact(tmp_path):
     for key in ref_opt:
         for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
             assert torch.equal(ref_opt[key][name], got_opt[key][name])
+
+
+def test_reference_pairing_trains_new_pairs_every_epoch_and_resumes_exactly(tmp_path, monkeypatch):
+    """OASIS with train_pairs='reference' (pkl fixture): every epoch trains that epoch's pairs, both ways,
+    and a run killed mid-epoch resumes to the weights of an uninterrupted one."""
+    root = make_oasis_fixture(tmp_path / "oasis", layout="pkl", n_train=4, n_val=1)
+    options = {"image_size": None, "train_pairs": "reference"}
+    config = make_config("ofg", epochs=3, val_pairs=1, dataset={"name": "oasis", "root": str(root), "options": options})
+    dataset = open_dataset("oasis", root, **options)
+    expected = [sorted(pair_key(k, reverse) for k in dataset.epoch_pairs("train", e).keys for reverse in (False, True))
+                for e in range(3)]
+    assert expected[0] != expected[1] != expected[2]  # new partners every epoch
+    seen: list[tuple[int, str]] = []
+    step_call = Step.__call__
+
+    def recording(self, moving, fixed, key, epoch, flips=()):
+        seen.append((epoch, key))
+        return step_call(self, moving, fixed, key, epoch, flips)
+
+    monkeypatch.setattr(Step, "__call__", recording)
+    reference = train(config, tmp_path / "straight", progress=False)
+    assert [sorted(key for e, key in seen if e == epoch) for epoch in range(3)] == expected
+    assert pd.read_csv(reference / "history.csv")["iterations"].tolist() == [8, 8, 8]  # 4 subjects x 2 directions
+
+    class Kill(Exception):
+        pass
+
+    def kill_in_epoch_two(step):
+        if step == 3:
+            raise Kill
+
+    train(config, tmp_path / "killed", progress=False, stop_after_epochs=1)
+    with pytest.raises(Kill):
+        train(config, tmp_path / "killed", progress=False, _step_callback=kill_in_epoch_two)
+    assert read_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["epoch"] == 1
+    seen.clear()
+    train(config, tmp_path / "killed", progress=False)
+    assert [sorted(key for e, key in seen if e == epoch) for epoch in (1, 2)] == expected[1:]
+    assert_same_weights(weights(reference), weights(tmp_path / "killed"))
+    straight, resumed = (pd.read_csv(run / "history.csv") for run in (reference, tmp_path / "killed"))
+    for column in ("loss", "loss_mse", "val_dice"):
+        assert np.array_equal(straight[column].to_numpy(), resumed[column].to_numpy(), equal_nan=True)
+
+
+def test_validation_scores_dice_with_the_configured_label_mode_and_rule(tmp_path, monkeypatch):
+    calls = []
+
+    def recording(*args, **kwargs):
+        calls.append((kwargs["label_mode"], kwargs["dice_rule"]))
+        return validation_scores(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "validation_scores", recording)
+    config = make_config("unsupervised", epochs=1, val_label_mode="nearest", val_dice_rule="both")
+    run = train(config, tmp_path / "run", progress=False)
+    assert calls == [("nearest", "both")]
+    model = build_model("voxelmorph", (16, 16, 16), size="small", **TINY)
+    model.load_state_dict(weights(run))
+    dataset = synthetic.SyntheticDataset(n_train=2, n_val=1, n_test=1)
+    expected, _ = validation_scores(model, dataset, "val", label_mode="nearest", dice_rule="both")
+    assert pd.read_csv(run / "history.csv")["val_dice"].tolist() == [expected]
+    train(make_config("unsupervised", epochs=1), tmp_path / "default", progress=False)
+    assert calls[-1] == ("onehot", "either")  # the defaults: TransMorph's one-hot warping, labels in either map
 
 
 @pytest.mark.slow

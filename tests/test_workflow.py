@@ -117,6 +117,68 @@ def test_refinement_parameters_carry_the_window_and_label_mode():
     assert params["settings"]["steps"] == config["refinement"]["steps"]
 
 
+def test_run_overrides_replace_loss_and_ofg_keys_dataset_first_then_model():
+    config = load_config("config.yaml")
+    config["training"]["loss"]["ncc_weight"] = 3.0
+    config["datasets"]["embedded-ct"]["run_overrides"] = {"loss": {"image": "mse", "diffusion_weight": 0.02},
+                                                          "ofg": {"reg_weight": 0.02}}
+    config["model_run_overrides"] = {"lkunet": {"loss": {"regularizer": "lku_smooth", "diffusion_weight": 5.0},
+                                                "ofg": {"reg_weight": 5.0}}}
+    config["datasets"]["embedded-ct"]["models"] = ["voxelmorph", "lkunet"]
+
+    def sections(dataset, model, method="ofg"):
+        run = ofg_plan.Run(dataset, model, method, 10 if method == "ofg" else None)
+        rc = ofg_plan.run_config(config, run)
+        return rc["loss"], rc["ofg"]
+
+    loss, ofg = sections("embedded-ct", "voxelmorph")
+    assert loss == {"ncc_weight": 3.0, "mse_weight": 1.0, "diffusion_weight": 0.02, "image": "mse"}
+    assert ofg["reg_weight"] == 0.02 and ofg["steps"] == 10 and ofg["window"] == 9
+    loss, ofg = sections("embedded-ct", "lkunet", "unsupervised")  # the model's keys win, the rest stays
+    assert loss == {"ncc_weight": 3.0, "mse_weight": 1.0, "diffusion_weight": 5.0, "image": "mse",
+                    "regularizer": "lku_smooth"}
+    assert ofg["reg_weight"] == 5.0
+    loss, ofg = sections("embedded-brain", "lkunet")
+    assert loss["regularizer"] == "lku_smooth" and "image" not in loss and ofg["reg_weight"] == 5.0
+    loss, ofg = sections("embedded-brain", "voxelmorph")
+    assert loss == config["training"]["loss"] and ofg == {**config["ofg"], "steps": 10}
+    assert config["training"]["loss"]["ncc_weight"] == 3.0 and "image" not in config["training"]["loss"]
+    # the refinement experiment's energy is that of (dataset, its model)
+    config["refinement"]["model"] = "lkunet"
+    config["datasets"]["embedded-brain"]["models"] = ["voxelmorph", "lkunet"]
+    settings = ofg_plan.refinement_parameters(config, "embedded-ct")["settings"]
+    assert (settings["image"], settings["regularizer"]) == ("mse", "lku_smooth")
+    assert settings["reg_weight"] == config["refinement"]["reg_weight"]  # the section's own weight
+
+
+def test_default_configs_run_configs_are_unchanged_by_the_protocol_keys():
+    for name in ("config.yaml", "tiny.yaml"):
+        config = load_config(name)
+        for run in ofg_plan.training_runs(config):
+            rc = ofg_plan.run_config(config, run)
+            assert rc["loss"] == config["training"]["loss"]
+            assert {k: v for k, v in rc["ofg"].items() if k != "steps"} == \
+                {k: v for k, v in config["ofg"].items() if k != "steps"}
+        params = ofg_plan.refinement_parameters(config, config["refinement"]["datasets"][0])
+        assert (params["settings"]["image"], params["settings"]["regularizer"]) == ("ncc", "grad_l2")
+
+
+def test_dice_rule_reaches_evaluation_refinement_and_report():
+    config = load_config("config.yaml")
+    run = ofg_plan.Run("embedded-ct", "voxelmorph", "unsupervised")
+    assert ofg_plan.evaluate_parameters(config, run)["dice_rule"] == "either"
+    config["datasets"]["embedded-ct"]["dice_rule"] = "both"
+    assert ofg_plan.evaluate_parameters(config, run)["dice_rule"] == "both"
+    assert ofg_plan.refinement_parameters(config, "embedded-ct")["dice_rule"] == "both"
+    # the per-epoch validation (which selects best.pt) scores Dice as the evaluation does
+    config["evaluation"]["label_mode"] = "nearest"
+    rc = ofg_plan.run_config(config, run)
+    assert (rc["val_label_mode"], rc["val_dice_rule"]) == ("nearest", "both")
+    brain = ofg_plan.run_config(config, ofg_plan.Run("embedded-brain", "voxelmorph", "unsupervised"))
+    assert (brain["val_label_mode"], brain["val_dice_rule"]) == ("nearest", "either")
+    assert ofg_plan.report_plan(config)["dice_rules"] == {"embedded-brain": "either", "embedded-ct": "both"}
+
+
 def test_check_config_names_the_key():
     config = load_config("config.yaml")
     config["ablation"]["models"] = ["transmorph"]

@@ -6,10 +6,12 @@ The YAML keys are fixed (the workflow writes them)::
     model: {name: voxelmorph, size: small, overrides: {}}
     method: ofg          # unsupervised | ofg | self_training | opt_self_training
     ofg: {steps: 10, lr: 0.1, reg_weight: 1.0, window: 9, fused: false}
-    loss: {ncc_weight: 1.0, mse_weight: 1.0, diffusion_weight: null}
+    loss: {ncc_weight: 1.0, mse_weight: 1.0, diffusion_weight: null, image: ncc, regularizer: grad_l2}
     epochs: 500
     iterations_per_epoch: null
     val_pairs: null
+    val_label_mode: onehot   # onehot | nearest: how validation warps labels (selects best.pt)
+    val_dice_rule: either    # either | both: how validation averages a pair's Dice
     lr: 1.0e-4
     seed: 0
     device: auto
@@ -25,7 +27,9 @@ The defaults are the reference protocol: Adam(amsgrad) at lr 1e-4 with poly deca
 batch 1, OFG with k=10 Adam steps at lr 0.1 (poly-decayed per epoch), model loss
 MSE + 0.02 diffusion for OFG and the self-training methods, NCC + 1 diffusion for the baseline.
 The ``ofg`` section is a :class:`ofg.guidance.RefineSettings`; ``ofg.window`` is the local-NCC
-window of both the OFG energy and the baseline loss.
+window of both the OFG energy and the baseline loss. ``loss.image`` (ncc | mse, weight ``ncc_weight``)
+and ``loss.regularizer`` (grad_l2 | lku_smooth) are the terms of the network losses and of the OFG
+energy alike: ``ofg.image`` / ``ofg.regularizer`` are copied from them (other values are refused).
 
 ``null`` entries are resolved by :func:`resolve`: ``loss.diffusion_weight`` from the method, and
 ``bidirectional`` / ``augment_flips`` from the dataset's reference protocol.
@@ -44,6 +48,8 @@ import yaml
 
 from ofg.guidance import RefineSettings
 from ofg.io import DataError, require_file, write_text_atomic
+from ofg.losses import IMAGE_TERMS, REGULARIZERS
+from ofg.metrics import DICE_RULES, LABEL_MODES
 from ofg.models import MODEL_NAMES
 from ofg.runtime import bf16_is_fast
 
@@ -74,11 +80,14 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of the model loss terms; ``diffusion_weight`` None means the method's default."""
+    """Terms (:data:`ofg.losses.IMAGE_TERMS`, :data:`ofg.losses.REGULARIZERS`) and weights of the model
+    loss; ``diffusion_weight`` (the regulariser's) None means the method's default."""
 
     ncc_weight: float = 1.0
     mse_weight: float = 1.0
     diffusion_weight: float | None = None
+    image: str = "ncc"
+    regularizer: str = "grad_l2"
 
 
 @dataclass
@@ -93,6 +102,8 @@ class RunConfig:
     epochs: int = 500
     iterations_per_epoch: int | None = None
     val_pairs: int | None = None
+    val_label_mode: str = "onehot"
+    val_dice_rule: str = "either"
     lr: float = 1.0e-4
     seed: int = 0
     device: str = "auto"
@@ -110,7 +121,13 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
         """Build from a (possibly partial) nested mapping; unknown keys raise a ValueError."""
-        return _from_mapping(cls, data, "")
+        config = _from_mapping(cls, data, "")
+        given = data.get("ofg") if isinstance(data.get("ofg"), Mapping) else {}
+        for key in ("image", "regularizer"):
+            if key in given and given[key] != getattr(config.loss, key):
+                raise ValueError(f"config key ofg.{key}: the OFG energy uses loss.{key} "
+                                 f"({getattr(config.loss, key)!r}); set that instead of ofg.{key} ({given[key]!r})")
+        return config
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
@@ -225,6 +242,11 @@ def validate(config: RunConfig) -> RunConfig:
     for key in ("ncc_weight", "mse_weight"):
         value = getattr(config.loss, key)
         _check(_is_number(value) and value >= 0, f"loss.{key}", "a number >= 0", value)
+    choices = {"loss.image": (config.loss.image, IMAGE_TERMS), "loss.regularizer": (config.loss.regularizer, REGULARIZERS),
+               "val_label_mode": (config.val_label_mode, LABEL_MODES), "val_dice_rule": (config.val_dice_rule, DICE_RULES)}
+    for key, (value, names) in choices.items():
+        _check(value in names, key, f"one of {names}", value)
+    config.ofg.image, config.ofg.regularizer = config.loss.image, config.loss.regularizer
     dw = config.loss.diffusion_weight
     _check(dw is None or (_is_number(dw) and dw >= 0), "loss.diffusion_weight", "null or a number >= 0", dw)
     _check(_is_int(config.epochs) and config.epochs >= 1, "epochs", "an integer >= 1", config.epochs)
@@ -255,10 +277,8 @@ def validate(config: RunConfig) -> RunConfig:
 
 
 def _valid_device(device: str) -> bool:
-    if device in ("auto", "cpu", "cuda"):
-        return True
     head, _, index = device.partition(":")
-    return head == "cuda" and index.isdigit()
+    return device in ("auto", "cpu", "cuda") or (head == "cuda" and index.isdigit())
 
 
 def resolve(config: RunConfig, dataset: Any | None = None, device: Any | None = None) -> RunConfig:
@@ -291,21 +311,3 @@ def coerce(config: "RunConfig | Mapping[str, Any] | str | Path") -> RunConfig:
     if isinstance(config, (str, Path)):
         return RunConfig.load(config)
     raise ValueError(f"config: expected a RunConfig, a mapping or a YAML path, got {type(config).__name__}")
-
-
-def differing_keys(a: RunConfig, b: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Dotted keys whose values differ between two configs (nested mappings compared leaf by leaf)."""
-    return [k for k in _diff(a.to_dict(), b.to_dict(), "") if k not in ignore]
-
-
-def _diff(a: Any, b: Any, prefix: str) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = sorted(set(a) | set(b), key=str)
-        out: list[str] = []
-        for key in keys:
-            out += _diff(a.get(key, _MISSING), b.get(key, _MISSING), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-_MISSING = object()

@@ -3,9 +3,12 @@
 ``evaluate(model, dataset, split)`` returns one row per pair:
 
 - ``split``, ``pair_index``, ``moving``, ``fixed``: which pair
-- ``dice_mean`` (mean over the labels present in either image) and ``dice_<label>`` per label;
-  labels are warped by ``label_mode`` "onehot" (trilinear one-hot + argmax, TransMorph's convention)
-  or "nearest" (nearest-neighbour, the OFG reference code's), recorded in ``label_mode``
+- ``dice_mean`` and ``dice_<label>`` per label; labels are warped by ``label_mode`` "onehot"
+  (trilinear one-hot + argmax, TransMorph's convention) or "nearest" (nearest-neighbour, the OFG
+  reference code's), recorded in ``label_mode``; ``dice_mean`` averages by ``dice_rule``
+  (:data:`ofg.metrics.DICE_RULES`), recorded in ``dice_rule``: "either" (default) over the labels
+  present in the warped or the fixed map, "both" over those present in both the moving and the
+  fixed map (the reference's AbdomenCTCT rule)
 - ``folding_percent``: 100·mean(det J ≤ 0), np.gradient convention, whole volume
 - ``sdlogj_l2r`` (Learn2Reg: central differences, 2-voxel crop, log(det+3)) and ``sdlogj_plain``
   (std of log det over voxels with det > 0)
@@ -20,6 +23,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -38,13 +42,14 @@ from ofg.guidance import RefineSettings, refine
 from ofg.inference import (LABEL_MODES, check_label_mode, device_of, field_metrics, pair_tensors, predict,
                            qualitative_sample)
 from ofg.io import atomic_path
+from ofg.metrics import DICE_RULES
 from ofg.runtime import resolve_device
 
 log = logging.getLogger("ofg.evaluate")
 
 
 def evaluate(model: torch.nn.Module, dataset: Any, split: str = "test", *, label_mode: str = "onehot",
-             hd95: bool = False, refine_settings: RefineSettings | None = None,
+             dice_rule: str = "either", hd95: bool = False, refine_settings: RefineSettings | None = None,
              device: str | torch.device | None = None, progress: bool = True,
              max_pairs: int | None = None) -> pd.DataFrame:
     """Metrics of ``model`` on every pair of ``split`` (the first ``max_pairs``); one row per pair.
@@ -56,6 +61,8 @@ def evaluate(model: torch.nn.Module, dataset: Any, split: str = "test", *, label
     """
     check_split(split)
     check_label_mode(label_mode)
+    if dice_rule not in DICE_RULES:
+        raise ValueError(f"dice_rule must be one of {DICE_RULES}, got {dice_rule!r}")
     if refine_settings is not None and (not isinstance(refine_settings.steps, int) or refine_settings.steps < 0):
         raise ValueError(f"refinement steps must be a non-negative integer, got {refine_settings.steps!r}")
     device = torch.device(device) if device is not None else device_of(model)
@@ -72,8 +79,8 @@ def evaluate(model: torch.nn.Module, dataset: Any, split: str = "test", *, label
             moving, fixed = pair_tensors(pair, device)
             disp, seconds = predict(model, moving, fixed)
             row: dict[str, Any] = {"split": split, "pair_index": index, "moving": pairs.keys[index][0],
-                                   "fixed": pairs.keys[index][1], "label_mode": label_mode}
-            common = dict(label_mode=label_mode, hd95=hd95, spacing=spacing,
+                                   "fixed": pairs.keys[index][1], "label_mode": label_mode, "dice_rule": dice_rule}
+            common = dict(label_mode=label_mode, dice_rule=dice_rule, hd95=hd95, spacing=spacing,
                           ground_truth=dataset.ground_truth(split, index))
             row.update(field_metrics(disp, pair.moving_label, pair.fixed_label, labels, **common))
             row["inference_seconds"] = seconds
@@ -116,9 +123,9 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "test", out: str | 
     model, config = load_checkpoint(checkpoint, device)
     root = dataset_root if dataset_root is not None else config.dataset.root
     dataset = open_dataset(config.dataset.name, root, **config.dataset.options)
-    settings = RefineSettings(refine_steps, config.ofg.lr if refine_lr is None else refine_lr,
-                              config.ofg.reg_weight if refine_reg_weight is None else refine_reg_weight,
-                              config.ofg.window)
+    settings = dataclasses.replace(config.ofg, steps=refine_steps,  # the run's window, image term, regulariser
+                                   lr=config.ofg.lr if refine_lr is None else refine_lr,
+                                   reg_weight=config.ofg.reg_weight if refine_reg_weight is None else refine_reg_weight)
     table = evaluate(model, dataset, split, device=device, refine_settings=settings, **kwargs)
     table.insert(0, "checkpoint", str(checkpoint))
     table.insert(1, "method", config.method)
@@ -141,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-out", type=Path, default=None, help="also write the qualitative sample (.npz)")
     parser.add_argument("--hd95", action="store_true", help="also compute HD95 (slower)")
     parser.add_argument("--label-mode", default="onehot", choices=LABEL_MODES)
+    parser.add_argument("--dice-rule", default="either", choices=DICE_RULES,
+                        help="labels a pair's mean Dice averages over: either (default) or both (AbdomenCTCT's)")
     parser.add_argument("--refine", type=int, default=0, metavar="K", help="also score after K refinement steps")
     parser.add_argument("--refine-lr", type=float, default=None, help="default: the run's ofg.lr")
     parser.add_argument("--refine-reg-weight", type=float, default=None, help="default: the run's ofg.reg_weight")
@@ -152,13 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table = evaluate_checkpoint(args.checkpoint, args.split, args.out, sample_out=args.sample_out,
                                     dataset_root=args.dataset_root, device=args.device, label_mode=args.label_mode,
-                                    hd95=args.hd95, refine_steps=args.refine, refine_lr=args.refine_lr,
-                                    refine_reg_weight=args.refine_reg_weight, progress=not args.no_progress)
+                                    dice_rule=args.dice_rule, hd95=args.hd95, refine_steps=args.refine,
+                                    refine_lr=args.refine_lr, refine_reg_weight=args.refine_reg_weight,
+                                    progress=not args.no_progress)
     except ValueError as exc:
         print(f"ofg-evaluate: error: {exc}", file=sys.stderr)
         return 1
-    log.info("%d pairs, mean Dice %.4f (%s labels) -> %s", len(table), table["dice_mean"].mean(), args.label_mode,
-             args.out)
+    log.info("%d pairs, mean Dice %.4f (%s labels, rule %s) -> %s", len(table), table["dice_mean"].mean(),
+             args.label_mode, args.dice_rule, args.out)
     return 0
 
 

@@ -62,16 +62,17 @@ def randomize_parameters(model: torch.nn.Module, x: torch.Tensor, rms: float = 2
 def refinement_curve(dataset: Any, model_name: str, model_size: str = "small", *, start: str = "untrained",
                      settings: RefineSettings | None = None, n_pairs: int = 5, split: str = "test", seed: int = 0,
                      device: str | torch.device | None = None, label_mode: str = "onehot",
-                     random_rms: float = 2.0, progress: bool = True) -> pd.DataFrame:
+                     dice_rule: str = "either", random_rms: float = 2.0, progress: bool = True) -> pd.DataFrame:
     """Dice and energy of the OFG optimiser's field after 0..k steps (``settings``), for ``n_pairs`` pairs.
 
     The network ``model_name`` (``model_size``) is built with ``torch.manual_seed(seed)``; with
     ``start="random"`` its parameters are re-drawn (calibrated on the first pair, see
     :func:`randomize_parameters`). For each of the first ``n_pairs`` pairs of ``split`` it predicts
     φ₀ once, and the row of step k holds the mean Dice (over the dataset's labels, every class
-    warped by ``label_mode``, see :func:`ofg.inference.mean_dice`) and the energy
-    NCC(window) + reg_weight·Grad of the field after k Adam steps: one refinement per pair, whose
-    per-step callback scores each iterate. Returns a DataFrame with columns ``COLUMNS``.
+    warped by ``label_mode``, averaged by ``dice_rule``, see :func:`ofg.inference.mean_dice`) and the
+    energy (image term + reg_weight·regulariser, as ``settings`` say) of the field after k Adam steps:
+    one refinement per pair, whose per-step callback scores each iterate. Returns a DataFrame with
+    columns ``COLUMNS``.
     """
     settings = settings if settings is not None else RefineSettings()
     if start not in STARTS:
@@ -101,7 +102,8 @@ def refinement_curve(dataset: Any, model_name: str, model_size: str = "small", *
         disp0, _ = predict(model, moving, fixed)
 
         def record(k: int, disp: torch.Tensor, energy: float, index: int = index) -> None:
-            dice, _, _ = mean_dice(as_field(disp), pair.moving_label, pair.fixed_label, labels, label_mode)
+            dice, _, _ = mean_dice(as_field(disp), pair.moving_label, pair.fixed_label, labels, label_mode,
+                                   dice_rule)
             rows.append({"start": start, "pair": index, "step": k, "dice": dice, "energy": energy})
 
         refine(moving, fixed, disp0, callback=record, **settings.kwargs())
@@ -115,7 +117,8 @@ def run_refinement(params: Mapping[str, Any]) -> pd.DataFrame:
     settings = RefineSettings(**params["settings"])
     frames = [refinement_curve(dataset, params["model_name"], params["model_size"], start=start, settings=settings,
                                n_pairs=params["n_pairs"], split=params["split"], seed=params["seed"],
-                               device=params["device"], label_mode=params["label_mode"], progress=False)
+                               device=params["device"], label_mode=params["label_mode"],
+                               dice_rule=params.get("dice_rule", "either"), progress=False)
               for start in params["starts"]]
     table = pd.concat(frames, ignore_index=True)
     with atomic_path(params["out"]) as tmp:

@@ -156,3 +156,46 @@ def compiled(name: str) -> Callable:
         function = {"refine_step": refine_step, "energy_and_gradient": energy_and_gradient}[name]
         _COMPILED[name] = torch.compile(function, dynamic=False)
     return _COMPILED[name]
+
+
+def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps: int, lr: float,
+                  reg_weight: float, window: int,
+                  callback: Callable[[int, torch.Tensor, float], None] | None) -> tuple[torch.Tensor, list[float]]:
+    """:func:`ofg.guidance.refine` with :func:`refine_step`, compiled, one sample at a time (each is
+    refined alone, as in the eager refinement); same arguments and returns."""
+    if moving.ndim != 5:
+        raise ValueError(f"fused refinement is 3-D only; got images of shape {tuple(moving.shape)}")
+    step_fn, energy_fn = compiled("refine_step"), compiled("energy_and_gradient")
+    with torch.no_grad():
+        samples = []
+        for b in range(moving.shape[0]):
+            i = fixed[b, 0]
+            sums = box_sum(torch.stack([i, i * i]), window)
+            mean_i = sums[0] / float(window ** 3)
+            var_i = (sums[1] - sums[0] * mean_i).clamp_min(0)
+            u = disp[b].clone()
+            samples.append([u, torch.zeros_like(u), torch.zeros_like(u), torch.zeros_like(u),
+                            pad_moving(moving[b, 0]), i, mean_i, var_i])
+        energies: list[float] = []
+        for step in range(steps + 1):
+            bias1, bias2 = 1 - BETAS[0] ** (step + 1), 1 - BETAS[1] ** (step + 1)
+            step_size = torch.tensor(lr / bias1, dtype=disp.dtype, device=disp.device)
+            bias2_sqrt = torch.tensor(bias2 ** 0.5, dtype=disp.dtype, device=disp.device)
+            values = []
+            for sample in samples:
+                u, m, v, v_max, padded, i, mean_i, var_i = sample
+                if step == steps:
+                    values.append(energy_fn(u, padded, i, mean_i, var_i, reg_weight, window)[0])
+                    continue
+                if callback is not None:
+                    sample.append(u.clone())  # the field before this step, for the callback
+                energy, sample[0], sample[1], sample[2], sample[3] = step_fn(
+                    u, m, v, v_max, step_size, bias2_sqrt, padded, i, mean_i, var_i, reg_weight, window)
+                values.append(energy)
+            energies.append(torch.stack(values).mean().item())
+            if callback is not None and step < steps:
+                callback(step, torch.stack([sample.pop() for sample in samples]), energies[-1])
+    phi = torch.stack([sample[0] for sample in samples])
+    if callback is not None:
+        callback(steps, phi, energies[-1])
+    return phi, energies

@@ -4,6 +4,11 @@ use the refined field as the network's regression target.
 Reference semantics: starting from a detached copy of the prediction, take ``steps``
 Adam(amsgrad) steps on E(φ) = NCC(fixed, moving∘φ) + reg_weight·Grad_l2(φ), with a fresh
 optimiser state for every call; the model loss is MSE(φ_pred, φ_opt).
+
+The image term may instead be MSE(fixed, moving∘φ) (``image="mse"``, the reference's early
+AbdomenCTCT code) and the regulariser LKU-Net's smoothness loss (``regularizer="lku_smooth"``,
+:func:`ofg.losses.lku_smoothness_loss`, the reference's LKU-Net script), applied to the field in
+voxels as in the network loss (the reference's unit mix is not reproduced: :class:`RefineSettings`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ofg import fused as fused_ops
-from ofg.losses import FixedImageNCC
+from ofg.losses import IMAGE_TERMS, REGULARIZERS, FixedImageMSE, FixedImageNCC
 from ofg.spatial import _normalised_identity, grid_sample_parallel
 from ofg.validation import check_displacement, check_image
 
@@ -27,6 +32,18 @@ class RefineSettings:
     """The refinement optimiser: ``steps`` Adam(amsgrad) steps at learning rate ``lr`` on the energy
     NCC(fixed, moving∘φ) + ``reg_weight``·Grad_l2(φ), NCC over cubic windows of ``window`` voxels.
 
+    ``image`` (:data:`ofg.losses.IMAGE_TERMS`) replaces NCC by MSE(fixed, moving∘φ) (``window`` then
+    unused); ``regularizer`` (:data:`ofg.losses.REGULARIZERS`) replaces Grad_l2 by LKU-Net's
+    smoothness loss (3-D only). In a run config both follow ``loss.image`` / ``loss.regularizer``.
+
+    ``lku_smooth`` decision: the energy's regulariser is :func:`ofg.losses.lku_smoothness_loss` of the
+    voxel field, the very term of the network loss, so energy, target and network agree on units.
+    The reference's LKU-Net script (weight 5.0 in both) instead hands LKU-Net's normalised field
+    f = 2u/(n−1) to an optimiser that warps by f *voxels* and smooths f as normalised: its image
+    term sees a displacement (n−1)/2 times smaller than the network's, and its Adam steps move f by
+    about lr normalised units, i.e. about lr·(n−1)/2 voxels. That mix is a unit slip with no
+    consistent voxel-space equivalent, so it is not reproduced; the weight 5.0 is kept.
+
     One object serves OFG training (:class:`OFGLoss`, the config's ``ofg`` section), the offline
     refinement of optimised self-training, the refinement curve and test-time refinement.
     """
@@ -35,6 +52,8 @@ class RefineSettings:
     lr: float = 0.1
     reg_weight: float = 1.0
     window: int = 9
+    image: str = "ncc"
+    regularizer: str = "grad_l2"
     #: run each step as one compiled function (:mod:`ofg.fused`): the same energy and Adam update,
     #: summed in another order (float32 iterates differ by round-off); 3-D only
     fused: bool = False
@@ -80,18 +99,22 @@ class _Energy:
     gradient, with no flips or transposes per step. Adam is element-wise, so the layout does not
     change its iterates. NCC and the diffusion term are differentiated in closed form
     (:class:`ofg.losses.FixedImageNCC` and :meth:`_diffusion`), which takes far fewer passes
-    over the volume than autograd through the formulas.
+    over the volume than autograd through the formulas. ``image="mse"`` uses
+    :class:`ofg.losses.FixedImageMSE`; ``regularizer="lku_smooth"`` weighs each (axis, channel)
+    term of the diffusion sum (:func:`_lku_weights`).
     """
 
-    def __init__(self, moving: torch.Tensor, fixed: torch.Tensor, reg_weight: float, window: int) -> None:
+    def __init__(self, moving: torch.Tensor, fixed: torch.Tensor, reg_weight: float, window: int,
+                 image: str = "ncc", regularizer: str = "grad_l2") -> None:
         spatial = tuple(moving.shape[2:])
         self.moving = moving
         self.reg_weight = reg_weight
-        self.ncc = FixedImageNCC(fixed, window)
+        self.image = FixedImageNCC(fixed, window) if image == "ncc" else FixedImageMSE(fixed)
         self.identity = _normalised_identity(spatial, moving.device, moving.dtype)
         factors = [2.0 / (n - 1) if n > 1 else 0.0 for n in reversed(spatial)]
         self.scale = torch.tensor(factors, device=moving.device, dtype=moving.dtype)
         self._diffs: dict[int, torch.Tensor] = {}  # forward-difference buffers, reused every step
+        self._weights = _lku_weights(spatial, moving.device, moving.dtype) if regularizer == "lku_smooth" else {}
 
     def _grid(self, field: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.identity, field, self.scale)
@@ -118,6 +141,14 @@ class _Energy:
                 shape[axis] = n - 1
                 self._diffs[axis] = field.new_empty(shape)
             diff = torch.sub(field.narrow(axis, 1, n - 1), field.narrow(axis, 0, n - 1), out=self._diffs[axis])
+            if axis in self._weights:  # lku_smooth: per-channel weights on this axis's differences
+                weighted = diff * self._weights[axis]
+                total += (weighted * diff).flatten(1).sum(dim=1) / count
+                if grad is not None:
+                    coefficient = 2.0 * self.reg_weight / (ndim * count)
+                    grad.narrow(axis, 1, n - 1).add_(weighted, alpha=coefficient)
+                    grad.narrow(axis, 0, n - 1).sub_(weighted, alpha=coefficient)
+                continue
             total += torch.linalg.vector_norm(diff.flatten(1), dim=1).square_() / count
             if grad is not None:
                 coefficient = 2.0 * self.reg_weight / (ndim * count)
@@ -128,28 +159,42 @@ class _Energy:
     def value(self, field: torch.Tensor) -> torch.Tensor:
         """Per-sample energy (B,) of ``field`` (B,*spatial,ndim)."""
         with torch.no_grad():
-            return self.ncc.energy(self._sample(self._grid(field))) + self._diffusion(field, None)
+            return self.image.energy(self._sample(self._grid(field))) + self._diffusion(field, None)
 
     def value_and_grad(self, field: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample energy (B,) and the gradient of its sum w.r.t. ``field``."""
         with torch.enable_grad():
             grid = self._grid(field.detach()).requires_grad_(True)
             warped = self._sample(grid)
-            ncc, grad_warped = self.ncc.energy_and_grad(warped)
+            similarity, grad_warped = self.image.energy_and_grad(warped)
             (grad_grid,) = torch.autograd.grad(warped, grid, grad_warped)
         with torch.no_grad():
             grad = grad_grid.mul_(self.scale)
-            return ncc + self._diffusion(field, grad), grad
+            return similarity + self._diffusion(field, grad), grad
+
+
+def _lku_weights(spatial: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> dict[int, torch.Tensor]:
+    """Per axis of the grid layout (1..3), the channel weights that turn the diffusion sum into
+    :func:`ofg.losses.lku_smoothness_loss`: (n_a/(n_c − 1))² for the difference along array axis a of
+    displacement channel c (grid channel k is array channel 2 − k)."""
+    if len(spatial) != 3:
+        raise ValueError(f"regularizer 'lku_smooth' (LKU-Net's smoothness loss) is 3-D, got a {len(spatial)}-D field")
+    weights = {}
+    for a, n_a in enumerate(spatial):
+        per_channel = [(n_a / max(spatial[c] - 1, 1)) ** 2 for c in reversed(range(3))]
+        weights[a + 1] = torch.tensor(per_channel, device=device, dtype=dtype)
+    return weights
 
 
 def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps: int = 10, lr: float = 0.1,
-           reg_weight: float = 1.0, window: int = 9,
+           reg_weight: float = 1.0, window: int = 9, image: str = "ncc", regularizer: str = "grad_l2",
            callback: Callable[[int, torch.Tensor, float], None] | None = None,
            fused: bool = False) -> tuple[torch.Tensor, list[float]]:
     """Refine ``disp`` (B,3,D,H,W) in voxels by ``steps`` Adam(amsgrad) steps on the OFG energy.
 
     ``moving`` and ``fixed`` are (B,1,D,H,W) (2-D: (B,1,H,W) with (B,2,H,W) fields). Each step
-    warps ``moving`` by φ and evaluates E = NCC(fixed, moving∘φ) + reg_weight·Grad_l2(φ).
+    warps ``moving`` by φ and evaluates E = NCC(fixed, moving∘φ) + reg_weight·Grad_l2(φ)
+    (``image`` and ``regularizer`` select the terms, see :class:`RefineSettings`).
 
     Every sample is refined exactly as if it were alone: the optimiser minimises the sum of the
     per-sample energies, so each sample's gradient is its solo gradient (a batch mean would
@@ -174,9 +219,16 @@ def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps:
         raise ValueError(f"lr must be >= 0, got {lr}")
     if reg_weight < 0:
         raise ValueError(f"reg_weight must be >= 0, got {reg_weight}")
+    if image not in IMAGE_TERMS or regularizer not in REGULARIZERS:
+        raise ValueError(f"image must be one of {IMAGE_TERMS} and regularizer one of {REGULARIZERS}, "
+                         f"got {image!r} and {regularizer!r}")
     if fused:
-        return _refine_fused(moving.detach(), fixed.detach(), disp.detach(), steps, lr, reg_weight, window, callback)
-    energy = _Energy(moving.detach(), fixed.detach(), reg_weight, window)
+        if (image, regularizer) != ("ncc", "grad_l2"):
+            raise ValueError(f"fused refinement computes NCC + grad_l2 only, got image {image!r} and "
+                             f"regularizer {regularizer!r}; use fused: false")
+        return fused_ops.refine(moving.detach(), fixed.detach(), disp.detach(), steps, lr, reg_weight, window,
+                                callback)
+    energy = _Energy(moving.detach(), fixed.detach(), reg_weight, window, image, regularizer)
     field = _to_grid_layout(disp.detach())
     energies: list[float] = []
     with torch.no_grad():
@@ -195,48 +247,6 @@ def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps:
     return phi, energies
 
 
-def _refine_fused(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps: int, lr: float,
-                  reg_weight: float, window: int,
-                  callback: Callable[[int, torch.Tensor, float], None] | None) -> tuple[torch.Tensor, list[float]]:
-    """:func:`refine` with :func:`ofg.fused.refine_step`, one sample at a time (each is refined alone)."""
-    if moving.ndim != 5:
-        raise ValueError(f"fused refinement is 3-D only; got images of shape {tuple(moving.shape)}")
-    step_fn, energy_fn = fused_ops.compiled("refine_step"), fused_ops.compiled("energy_and_gradient")
-    with torch.no_grad():
-        samples = []
-        for b in range(moving.shape[0]):
-            i = fixed[b, 0]
-            sums = fused_ops.box_sum(torch.stack([i, i * i]), window)
-            mean_i = sums[0] / float(window ** 3)
-            var_i = (sums[1] - sums[0] * mean_i).clamp_min(0)
-            u = disp[b].clone()
-            samples.append([u, torch.zeros_like(u), torch.zeros_like(u), torch.zeros_like(u),
-                            fused_ops.pad_moving(moving[b, 0]), i, mean_i, var_i])
-        energies: list[float] = []
-        for step in range(steps + 1):
-            bias1, bias2 = 1 - fused_ops.BETAS[0] ** (step + 1), 1 - fused_ops.BETAS[1] ** (step + 1)
-            step_size = torch.tensor(lr / bias1, dtype=disp.dtype, device=disp.device)
-            bias2_sqrt = torch.tensor(bias2 ** 0.5, dtype=disp.dtype, device=disp.device)
-            values = []
-            for sample in samples:
-                u, m, v, v_max, padded, i, mean_i, var_i = sample
-                if step == steps:
-                    values.append(energy_fn(u, padded, i, mean_i, var_i, reg_weight, window)[0])
-                    continue
-                if callback is not None:
-                    sample.append(u.clone())  # the field before this step, for the callback
-                energy, sample[0], sample[1], sample[2], sample[3] = step_fn(
-                    u, m, v, v_max, step_size, bias2_sqrt, padded, i, mean_i, var_i, reg_weight, window)
-                values.append(energy)
-            energies.append(torch.stack(values).mean().item())
-            if callback is not None and step < steps:
-                callback(step, torch.stack([sample.pop() for sample in samples]), energies[-1])
-    phi = torch.stack([sample[0] for sample in samples])
-    if callback is not None:
-        callback(steps, phi, energies[-1])
-    return phi, energies
-
-
 class OFGLoss(nn.Module):
     """OFG guidance loss: MSE(disp_pred, refine(moving, fixed, disp_pred)).
 
@@ -246,13 +256,15 @@ class OFGLoss(nn.Module):
     """
 
     def __init__(self, steps: int = 10, lr: float = 0.1, reg_weight: float = 1.0, window: int = 9,
-                 fused: bool = False) -> None:
+                 image: str = "ncc", regularizer: str = "grad_l2", fused: bool = False) -> None:
         super().__init__()
         self.fused = fused
         self.steps = steps
         self.lr = lr
         self.reg_weight = reg_weight
         self.window = window
+        self.image = image
+        self.regularizer = regularizer
         self.last_energies: list[float] = []
         self.last_refine_seconds: float = 0.0
 
@@ -260,7 +272,8 @@ class OFGLoss(nn.Module):
         """``moving``, ``fixed`` (B,1,D,H,W); ``disp_pred`` (B,3,D,H,W) in voxels → scalar loss."""
         start = time.perf_counter()
         disp_opt, energies = refine(moving.detach(), fixed.detach(), disp_pred.detach(), steps=self.steps,
-                                    lr=self.lr, reg_weight=self.reg_weight, window=self.window, fused=self.fused)
+                                    lr=self.lr, reg_weight=self.reg_weight, window=self.window, image=self.image,
+                                    regularizer=self.regularizer, fused=self.fused)
         self.last_refine_seconds = time.perf_counter() - start
         self.last_energies = energies
         return F.mse_loss(disp_pred, disp_opt)
@@ -270,7 +283,8 @@ class OFGLoss(nn.Module):
         return cls(**settings.kwargs())
 
     def extra_repr(self) -> str:
-        return f"steps={self.steps}, lr={self.lr}, reg_weight={self.reg_weight}, window={self.window}"
+        return (f"steps={self.steps}, lr={self.lr}, reg_weight={self.reg_weight}, window={self.window}, "
+                f"image={self.image}, regularizer={self.regularizer}")
 
 
 def poly_lr(base: float, epoch: int, max_epoch: int, power: float = 0.9) -> float:

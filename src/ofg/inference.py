@@ -19,7 +19,7 @@ from ofg.data.base import check_split
 from ofg.runtime import AMP_DTYPE, synchronize
 from ofg.spatial import warp
 
-LABEL_MODES = ("onehot", "nearest")
+LABEL_MODES = metrics.LABEL_MODES
 
 
 def check_label_mode(label_mode: str) -> str:
@@ -80,17 +80,19 @@ def as_field(disp: torch.Tensor) -> np.ndarray:
 
 
 def mean_dice(field: np.ndarray, moving_label: np.ndarray, fixed_label: np.ndarray, labels: list[int],
-              label_mode: str = "onehot") -> tuple[float, np.ndarray, np.ndarray]:
+              label_mode: str = "onehot", rule: str = "either") -> tuple[float, np.ndarray, np.ndarray]:
     """(mean Dice, per-label Dice, warped labels) of ``field`` (3,D,H,W) in voxels.
 
     Every class of the moving label map is warped (``label_mode`` "onehot": trilinear one-hot and
     argmax, TransMorph's convention; "nearest": nearest-neighbour, the OFG reference code's); Dice
-    is then taken over ``labels``; the mean skips labels absent from both images (NaN).
+    is then taken over ``labels`` and averaged by ``rule`` (:func:`ofg.metrics.mean_dice_of`):
+    "either" skips labels absent from both the warped and the fixed map (NaN), "both" averages over
+    the labels present in both the moving and the fixed map.
     """
     warped = metrics.warp_labels(moving_label, field, None, mode=check_label_mode(label_mode))
     per_label = np.asarray(metrics.dice(warped, fixed_label, labels), dtype=np.float64)
-    mean = float(np.nanmean(per_label)) if np.isfinite(per_label).any() else float("nan")
-    return mean, per_label, warped
+    present = metrics.labels_present_in_both(moving_label, fixed_label, labels) if rule == "both" else None
+    return metrics.mean_dice_of(per_label, rule, present), per_label, warped
 
 
 def both_dice(disp: torch.Tensor, moving_label: np.ndarray, fixed_label: np.ndarray, labels: list[int],
@@ -107,15 +109,16 @@ def both_dice(disp: torch.Tensor, moving_label: np.ndarray, fixed_label: np.ndar
 
 
 def field_metrics(disp: torch.Tensor, moving_label: np.ndarray, fixed_label: np.ndarray, labels: list[int],
-                  *, label_mode: str = "onehot", hd95: bool = False, spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
-                  ground_truth: np.ndarray | None = None, full: bool = True) -> dict[str, float]:
+                  *, label_mode: str = "onehot", dice_rule: str = "either", hd95: bool = False,
+                  spacing: tuple[float, ...] = (1.0, 1.0, 1.0), ground_truth: np.ndarray | None = None,
+                  full: bool = True) -> dict[str, float]:
     """The metrics of one field ``disp`` (1,3,D,H,W) in voxels between integer label maps (D,H,W).
 
-    ``full=False`` computes only Dice and folding (the per-epoch validation). Columns: see
-    :mod:`ofg.evaluate`.
+    ``dice_mean`` averages the per-label Dice by ``dice_rule`` (:func:`mean_dice`). ``full=False``
+    computes only Dice and folding (the per-epoch validation). Columns: see :mod:`ofg.evaluate`.
     """
     field = as_field(disp)
-    dice_mean, per_label, warped = mean_dice(field, moving_label, fixed_label, labels, label_mode)
+    dice_mean, per_label, warped = mean_dice(field, moving_label, fixed_label, labels, label_mode, dice_rule)
     row: dict[str, float] = {"dice_mean": dice_mean}
     row.update({f"dice_{label}": float(v) for label, v in zip(labels, per_label)})
     det = metrics.jacobian_determinant(field)  # once: folding and the plain SDlogJ both use it
@@ -145,8 +148,9 @@ def _hd95(pred: np.ndarray, true: np.ndarray, labels: list[int], spacing: tuple[
 
 def validation_scores(model: torch.nn.Module, dataset: Any, split: str = "val", *, max_pairs: int | None = None,
                       device: str | torch.device | None = None, label_mode: str = "onehot",
-                      progress: bool = False) -> tuple[float, float]:
+                      dice_rule: str = "either", progress: bool = False) -> tuple[float, float]:
     """(mean Dice, mean %|J|≤0) over the first ``max_pairs`` pairs of ``split``; (NaN, NaN) if none.
+    Labels are warped by ``label_mode``, each pair's Dice averaged by ``dice_rule`` (:func:`mean_dice`).
 
     ``model`` runs in eval mode and is put back in its previous mode.
     """
@@ -162,7 +166,8 @@ def validation_scores(model: torch.nn.Module, dataset: Any, split: str = "val", 
         for index in tqdm(range(count), desc=f"validate {split}", disable=not progress, leave=False):
             pair = pairs[index]
             disp, _ = predict(model, *pair_tensors(pair, device))
-            row = field_metrics(disp, pair.moving_label, pair.fixed_label, labels, label_mode=label_mode, full=False)
+            row = field_metrics(disp, pair.moving_label, pair.fixed_label, labels, label_mode=label_mode,
+                                dice_rule=dice_rule, full=False)
             dice.append(row["dice_mean"])
             folding.append(row["folding_percent"])
     finally:

@@ -7,6 +7,10 @@ import torch
 from ofg.validation import check_displacement, check_same_shape
 
 _PENALTIES = ("l2", "l1")
+#: image terms of the network loss and the OFG energy (config ``loss.image``)
+IMAGE_TERMS = ("ncc", "mse")
+#: regularisers of the network loss and the OFG energy (config ``loss.regularizer``)
+REGULARIZERS = ("grad_l2", "lku_smooth")
 
 
 def _box_sum(volume: torch.Tensor, window: int,
@@ -246,3 +250,37 @@ class FixedImageNCC:
             sums = _box_sum(maps, self.window, self._scratch)
             grad = torch.addcmul(sums[:, :1], warped, sums[:, 1:2], value=2.0).addcmul_(self.fixed, sums[:, 2:])
         return energy, grad
+
+
+class FixedImageMSE:
+    """Mean squared intensity difference against one fixed image, with its gradient in closed form.
+
+    The MSE image term of the OFG energy (``loss.image: mse``), with :class:`FixedImageNCC`'s
+    interface: per sample, energy = mean over its voxels of (J − I)² (``F.mse_loss`` of one sample)
+    and dE/dJ = 2(J − I)/N, N the voxels of one image. ``fixed`` is (B,1,*spatial), 2 or 3 spatial
+    axes; ``warped`` must match it.
+    """
+
+    def __init__(self, fixed: torch.Tensor) -> None:
+        if fixed.ndim not in (4, 5) or fixed.shape[1] != 1:
+            raise ValueError(f"fixed: expected (B,1,H,W) or (B,1,D,H,W), got shape {tuple(fixed.shape)}")
+        self.fixed = fixed.detach()
+        self._voxels = float(fixed[0].numel())
+
+    def _difference(self, warped: torch.Tensor) -> torch.Tensor:
+        if warped.shape != self.fixed.shape:
+            raise ValueError(f"warped: expected shape {tuple(self.fixed.shape)}, got {tuple(warped.shape)}")
+        return warped.detach() - self.fixed
+
+    def energy(self, warped: torch.Tensor) -> torch.Tensor:
+        """Per-sample energy mean((J − I)²), shape (B,); no gradient is tracked."""
+        with torch.no_grad():
+            diff = self._difference(warped)
+            return diff.square().flatten(1).sum(dim=1) / self._voxels
+
+    def energy_and_grad(self, warped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample energy (B,) and the gradient of its sum w.r.t. ``warped`` (B,1,*spatial)."""
+        with torch.no_grad():
+            diff = self._difference(warped)
+            energy = diff.square().flatten(1).sum(dim=1) / self._voxels
+            return energy, diff.mul_(2.0 / self._voxels)

@@ -21,7 +21,8 @@ from scipy import ndimage
 
 from ofg.spatial import warp
 
-_WARP_MODES = ("onehot", "nearest")
+#: how label maps are warped for Dice: one-hot trilinear + argmax, or nearest neighbour
+LABEL_MODES = ("onehot", "nearest")
 #: how a pair's per-label Dice are averaged: "either" = over the labels present in the warped or
 #: the fixed map; "both" = over the labels present in both the moving (before warping) and the
 #: fixed map (the reference code's AbdomenCTCT rule)
@@ -122,8 +123,8 @@ def warp_labels(labels: np.ndarray | torch.Tensor, disp: np.ndarray | torch.Tens
     - "nearest" (Learn2Reg): nearest-neighbour sampling of the label volume.
     Returns the warped labels with the input's dtype, as numpy.
     """
-    if mode not in _WARP_MODES:
-        raise ValueError(f"mode must be one of {_WARP_MODES}, got {mode!r}")
+    if mode not in LABEL_MODES:
+        raise ValueError(f"mode must be one of {LABEL_MODES}, got {mode!r}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     label_volume = _numpy(labels)

@@ -6,6 +6,11 @@
 - ``self_training`` / ``opt_self_training``: L = mse_weight·MSE(φ, φ_teacher) + w·Grad_l2(φ),
   w = 0.02 by default, φ_teacher from :class:`ofg.teacher.TeacherFields`.
 
+``loss.image: mse`` replaces NCC by MSE(fixed, moving∘φ) (still weighed by ``ncc_weight``; history
+column ``loss_image_mse``), and ``loss.regularizer: lku_smooth`` replaces Grad_l2 by LKU-Net's
+smoothness loss (:func:`ofg.losses.lku_smoothness_loss`, column ``loss_lku_smooth``) in every method;
+the OFG energy uses the same two terms (the config copies them into ``ofg``).
+
 An objective maps (moving, fixed, warped, φ) to (total loss, unweighted terms, seconds spent making the
 target); φ is (B,3,D,H,W) in voxels and every tensor float32.
 """
@@ -21,15 +26,33 @@ import torch.nn.functional as F
 
 from ofg.config import TEACHER_METHODS, RunConfig
 from ofg.guidance import OFGLoss, poly_lr
-from ofg.losses import diffusion_loss, ncc_loss
+from ofg.losses import diffusion_loss, lku_smoothness_loss, ncc_loss
 from ofg.spatial import flip_field
 from ofg.teacher import TeacherFields, load_teacher
 
 Terms = dict[str, float]
 
 
+def image_term(name: str, fixed: torch.Tensor, warped: torch.Tensor, window: int) -> tuple[str, torch.Tensor]:
+    """(history name, value) of the image term ``name`` (:data:`ofg.losses.IMAGE_TERMS`)."""
+    if name == "ncc":
+        return "ncc", ncc_loss(fixed, warped, window=window)
+    if name == "mse":
+        return "image_mse", F.mse_loss(warped, fixed)
+    raise ValueError(f"unknown image term {name!r}")
+
+
+def regularizer_term(name: str, disp: torch.Tensor) -> tuple[str, torch.Tensor]:
+    """(history name, value) of the regulariser ``name`` (:data:`ofg.losses.REGULARIZERS`) of ``disp``."""
+    if name == "grad_l2":
+        return "diffusion", diffusion_loss(disp, "l2")
+    if name == "lku_smooth":
+        return "lku_smooth", lku_smoothness_loss(disp)
+    raise ValueError(f"unknown regularizer {name!r}")
+
+
 class Objective:
-    """Base: the diffusion term every method shares, and the epoch hook (no-op here)."""
+    """Base: the regulariser every method shares, and the epoch hook (no-op here)."""
 
     #: history column of the seconds spent making the target per iteration (None: no target)
     timing_column: str | None = None
@@ -47,18 +70,18 @@ class Objective:
 
     def __call__(self, moving: torch.Tensor, fixed: torch.Tensor, warped: torch.Tensor, disp: torch.Tensor,
                  key: str, flips: tuple[int, ...] = ()) -> tuple[torch.Tensor, Terms, float]:
-        reg = diffusion_loss(disp, "l2")
+        reg_name, reg = regularizer_term(self.config.loss.regularizer, disp)
         data, terms, seconds = self.target_terms(moving, fixed, warped, disp, key, flips)
         total = data + self.config.diffusion_weight * reg
-        terms = {"diffusion": reg, **terms}
+        terms = {reg_name: reg, **terms}
         values = {name: float(v.detach()) if torch.is_tensor(v) else float(v) for name, v in terms.items()}
         return total, values, seconds
 
 
 class Unsupervised(Objective):
     def target_terms(self, moving, fixed, warped, disp, key, flips):
-        ncc = ncc_loss(fixed, warped, window=self.config.ofg.window)
-        return self.config.loss.ncc_weight * ncc, {"ncc": ncc}, 0.0
+        name, image = image_term(self.config.loss.image, fixed, warped, self.config.ofg.window)
+        return self.config.loss.ncc_weight * image, {name: image}, 0.0
 
 
 class OnTheFlyGuidance(Objective):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ofg.config import TEACHER_METHODS, RunConfig
+from ofg.config import TEACHER_METHODS, LossConfig, RunConfig
 from ofg.data import EMBEDDED, REAL
 from ofg.layout import Layout, RunKey
 
@@ -160,14 +160,33 @@ def prepare_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, Any
             "options": options, "cache_dir": config.get("cache_dir"), "progress": False}
 
 
+def protocol(config: Mapping[str, Any], dataset: str, model: str) -> dict[str, dict[str, Any]]:
+    """The ``loss`` and ``ofg`` sections of (dataset, model)'s runs: ``training.loss`` and ``ofg``, replaced
+    key by key by ``datasets.<dataset>.run_overrides``, then by ``model_run_overrides.<model>`` (the
+    model's win)."""
+    out = {"loss": dict(config["training"]["loss"]), "ofg": dict(config["ofg"])}
+    layers = (config["datasets"][dataset].get("run_overrides") or {},
+              (config.get("model_run_overrides") or {}).get(model) or {})
+    for layer in layers:
+        for section in out:
+            out[section].update(layer.get(section) or {})
+    return out
+
+
+def dice_rule(config: Mapping[str, Any], dataset: str) -> str:
+    """How ``dataset``'s per-label Dice are averaged (:data:`ofg.metrics.DICE_RULES`; default 'either')."""
+    return config["datasets"][dataset].get("dice_rule") or "either"
+
+
 def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
     """The run config (see :mod:`ofg.config`) of ``run``, validated; the teacher of a self-training run
     is the best checkpoint of the same dataset and model's unsupervised run. The dataset's
     ``model_options`` of ``run.model`` become the model's constructor overrides (e.g. TransMorph's
-    per-dataset window)."""
+    per-dataset window); ``loss`` and ``ofg`` are :func:`protocol`'s."""
     entry = config["datasets"][run.dataset]
     train = config["training"]
-    ofg = dict(config["ofg"])
+    sections = protocol(config, run.dataset, run.model)
+    ofg = sections["ofg"]
     if run.steps is not None:
         ofg["steps"] = run.steps
     out: dict[str, Any] = {
@@ -177,7 +196,7 @@ def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
                   "overrides": dict(entry.get("model_options", {}).get(run.model, {}))},
         "method": run.method,
         "ofg": ofg,
-        "loss": dict(train["loss"]),
+        "loss": sections["loss"],
         "device": config["device"],
         "teacher": None,
     }
@@ -187,6 +206,8 @@ def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
     out["seed"] = run.seed
     for key in ("bidirectional", "augment_flips"):
         out[key] = entry.get(key)
+    # validation Dice (which selects best.pt) as the evaluation's: its label warping, the dataset's rule
+    out["val_label_mode"], out["val_dice_rule"] = config["evaluation"]["label_mode"], dice_rule(config, run.dataset)
     if run.method in TEACHER_METHODS:
         out["teacher"] = str(layout(config).run(run.teacher().key).best)
     RunConfig.from_dict(out)  # raises a ValueError naming the key
@@ -205,19 +226,24 @@ def evaluate_parameters(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
     return {"checkpoint": str(paths.run(run.key).best), "out": str(paths.metrics(run.key)),
             "sample_out": str(paths.sample(run.key)), "split": evaluation["split"],
             "hd95": evaluation["hd95"], "label_mode": evaluation["label_mode"],
-            "device": config["device"], "progress": False}
+            "dice_rule": dice_rule(config, run.dataset), "device": config["device"], "progress": False}
 
 
 def refinement_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
-    """Notebook 04's parameters for ``dataset``: the refinement settings are those of the OFG energy
-    (window ``ofg.window``) with the section's steps, lr and weight; Dice as the evaluation's."""
+    """Notebook 04's parameters for ``dataset``: the refinement settings are those of the OFG energy of
+    (dataset, section model) (:func:`protocol`: window, image term, regulariser) with the section's
+    steps, lr and weight; Dice as the evaluation's."""
     section = config["refinement"]
+    energy = protocol(config, dataset, section["model"])
     settings = {"steps": section["steps"], "lr": section["lr"], "reg_weight": section["reg_weight"],
-                "window": config["ofg"]["window"], "fused": config["ofg"].get("fused", False)}
+                "window": energy["ofg"]["window"], "image": energy["loss"].get("image", LossConfig.image),
+                "regularizer": energy["loss"].get("regularizer", LossConfig.regularizer),
+                "fused": config["ofg"].get("fused", False)}
     return {"dataset_name": dataset, "root": str(data_root(config, dataset)),
             "options": dict(config["datasets"][dataset].get("options", {})),
             "model_name": section["model"], "model_size": config["model_size"], "starts": list(section["starts"]),
             "settings": settings, "label_mode": config["evaluation"]["label_mode"],
+            "dice_rule": dice_rule(config, dataset),
             "n_pairs": section["n_pairs"], "split": section["split"], "seed": section["seed"],
             "device": config["device"], "out": str(layout(config).refinement(dataset))}
 
@@ -245,6 +271,7 @@ def report_plan(config: Mapping[str, Any]) -> dict[str, Any]:
         "qualitative": pairs,
         "embedded": any(name in EMBEDDED for name in config["datasets"]),
         "label_mode": config["evaluation"]["label_mode"],
+        "dice_rules": {name: dice_rule(config, name) for name in config["datasets"]},
         "split": config["evaluation"]["split"],
         "device": config["device"],
     }

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ofg.config import RunConfig, differing_keys
+from ofg.config import RunConfig
 from ofg.layout import RunFolder, cohort_manifest
 
 log = logging.getLogger("ofg.train")
@@ -84,3 +84,21 @@ def prepare_run_folder(folder: RunFolder, config: RunConfig, *, restart: bool = 
     folder.path.mkdir(parents=True, exist_ok=True)
     config.save(folder.config)
     return "fresh"
+
+
+def differing_keys(a: RunConfig, b: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two configs (nested mappings compared leaf by leaf)."""
+    return [k for k in _diff(a.to_dict(), b.to_dict(), "") if k not in ignore]
+
+
+def _diff(a: Any, b: Any, prefix: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b), key=str)
+        out: list[str] = []
+        for key in keys:
+            out += _diff(a.get(key, _MISSING), b.get(key, _MISSING), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+_MISSING = object()

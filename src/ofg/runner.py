@@ -80,7 +80,7 @@ def ensure_evaluated(config: Mapping[str, Any], run: plan.Run, progress: bool = 
     if not (Path(params["out"]).exists() and Path(params["sample_out"]).exists()):
         evaluate_checkpoint(params["checkpoint"], split=params["split"], out=params["out"],
                             sample_out=params["sample_out"], hd95=params["hd95"], label_mode=params["label_mode"],
-                            device=params["device"], progress=progress)
+                            dice_rule=params["dice_rule"], device=params["device"], progress=progress)
     return Path(params["out"])
 
 

@@ -92,7 +92,9 @@ def load_teacher(config: RunConfig, image_size: tuple[int, int, int], cache_root
     settings = None
     if config.method == "opt_self_training":
         settings = RefineSettings(**config.ofg.kwargs())
-        cache_dir = cache_dir / f"refined_k{settings.steps}_lr{settings.lr:g}_w{settings.reg_weight:g}"
+        terms = "" if (settings.image, settings.regularizer) == ("ncc", "grad_l2") else \
+            f"_{settings.image}_{settings.regularizer}"
+        cache_dir = cache_dir / f"refined_k{settings.steps}_lr{settings.lr:g}_w{settings.reg_weight:g}{terms}"
     else:
         cache_dir = cache_dir / "plain"
     log.info("teacher %s (%s); fields cached in %s", path, teacher_config.model.name, cache_dir)

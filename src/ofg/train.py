@@ -4,12 +4,13 @@
 the objective of ``config.method`` (see :mod:`ofg.objectives`), batch 1. The network optimiser is
 Adam(amsgrad) at ``poly_lr(lr, epoch, epochs)`` (set at each epoch start). With ``bidirectional``
 every pair trains moving→fixed and then fixed→moving, each with its own optimiser step; an
-"iteration" is one optimiser step. With ``augment_flips`` the train pairs get the random flips of
+"iteration" is one optimiser step. Epoch e trains ``dataset.epoch_pairs("train", e)`` (the same pairs
+every epoch, or new ones: :mod:`ofg.data.pairing`), with ``augment_flips`` the random flips of
 :class:`ofg.data.torch_dataset.PairDataset`.
 
 Outputs in DIR (names in :class:`ofg.layout.RunFolder`): the resolved config, ``checkpoints/last.pt``
 (every epoch), ``checkpoints/best.pt`` (best validation Dice), ``history.csv``, ``train.log`` and,
-once finished, ``summary.json``. Pair order and flips of epoch e are functions of (seed, e) alone, and
+once finished, ``summary.json``. Pairs, order and flips of epoch e are functions of (seed, e) alone, and
 last.pt holds every RNG state, so a killed run re-started with the same command resumes at the start
 of the interrupted epoch and ends (on CPU) with bitwise the weights of an uninterrupted run. Whether a
 folder is resumed, skipped or started over is :mod:`ofg.resume`'s policy.
@@ -116,11 +117,11 @@ def _payload(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: _S
     }
 
 
-def _run_epoch(step: Step, dataset: Any, pairs: PairDataset, epoch: int, device: torch.device, progress: bool,
+def _run_epoch(step: Step, dataset: Any, epoch: int, device: torch.device, progress: bool,
                stop_check: Callable[[int], None] | None) -> dict[str, Any]:
     config = step.config
-    keys = dataset.pairs("train").keys
-    order = epoch_order(config.seed, epoch, len(keys), config.iterations_per_epoch)
+    pairs = PairDataset(dataset.epoch_pairs("train", epoch), flips=bool(config.augment_flips), seed=config.seed)
+    keys, order = pairs.pairs.keys, epoch_order(config.seed, epoch, len(pairs), config.iterations_per_epoch)
     pairs.set_epoch(epoch)
     loader = torch.utils.data.DataLoader(pairs, batch_size=1, sampler=order, num_workers=config.num_workers)
     sums: dict[str, float] = {}
@@ -150,8 +151,7 @@ def _run_epoch(step: Step, dataset: Any, pairs: PairDataset, epoch: int, device:
                 if stop_check is not None:
                     stop_check(steps)
     row = {name: value / max(steps, 1) for name, value in sums.items()}
-    row["iterations"] = steps
-    row["seconds_per_iteration"] = step_seconds / max(steps, 1)
+    row.update(iterations=steps, seconds_per_iteration=step_seconds / max(steps, 1))
     for column in ("ofg_seconds_per_iteration", "teacher_seconds_per_iteration"):
         row[column] = target_seconds / max(steps, 1) if column == step.objective.timing_column else float("nan")
     return row
@@ -215,14 +215,13 @@ def _train(config: RunConfig, dataset: Any, folder: RunFolder, device: torch.dev
     net = torch.compile(model) if config.compile else model
     objective = build_objective(config, image_size, folder.teacher_fields, device)
     step = Step(config, net, optimizer, objective)
-    pairs = PairDataset(dataset.pairs("train"), flips=bool(config.augment_flips), seed=config.seed)
     if status == "resume":
         # Last, after every set-up step that may draw random numbers (building the teacher, ...).
         restore_rng_state(payload["rng"])
     model.train()
     epochs_this_call = 0
     while state.epoch < config.epochs:
-        _run_one_epoch(step, model, dataset, pairs, state, folder, image_size, device, progress, step_callback)
+        _run_one_epoch(step, model, dataset, state, folder, image_size, device, progress, step_callback)
         epochs_this_call += 1
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs and state.epoch < config.epochs:
             log.info("stopping after %d epoch(s) as asked (stop_after_epochs)", epochs_this_call)
@@ -237,8 +236,8 @@ def _train(config: RunConfig, dataset: Any, folder: RunFolder, device: torch.dev
              state.seconds)
 
 
-def _run_one_epoch(step: Step, model: torch.nn.Module, dataset: Any, pairs: PairDataset, state: _State,
-                   folder: RunFolder, image_size: tuple[int, int, int], device: torch.device, progress: bool,
+def _run_one_epoch(step: Step, model: torch.nn.Module, dataset: Any, state: _State, folder: RunFolder,
+                   image_size: tuple[int, int, int], device: torch.device, progress: bool,
                    step_callback: Callable[[int], None] | None) -> None:
     """Train epoch ``state.epoch``, validate, checkpoint and log; update ``state`` in place."""
     config, epoch, start = step.config, state.epoch, time.perf_counter()
@@ -248,13 +247,14 @@ def _run_one_epoch(step: Step, model: torch.nn.Module, dataset: Any, pairs: Pair
     method_lr = step.objective.start_epoch(epoch, config.epochs)
     reset_peak_memory(device)
     try:
-        row = _run_epoch(step, dataset, pairs, epoch, device, progress, step_callback)
+        row = _run_epoch(step, dataset, epoch, device, progress, step_callback)
     except TrainingDiverged as exc:
         log.error("%s", exc)
         raise
     val_dice, val_folding = float("nan"), float("nan")
     if len(dataset.pairs("val")) > 0:
         val_dice, val_folding = validation_scores(model, dataset, "val", max_pairs=config.val_pairs, device=device,
+                                                  label_mode=config.val_label_mode, dice_rule=config.val_dice_rule,
                                                   progress=progress)
     memory, memory_source = peak_memory_mb(device)
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):

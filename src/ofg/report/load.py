@@ -85,5 +85,5 @@ def pair_key_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def structure_columns(frame: pd.DataFrame) -> list[str]:
-    """Per-structure Dice columns (``dice_<label>``), without ``dice_mean``."""
-    return [c for c in frame.columns if c.startswith("dice_") and c != "dice_mean"]
+    """Per-structure Dice columns (``dice_<label>``), without ``dice_mean`` and ``dice_rule``."""
+    return [c for c in frame.columns if c.startswith("dice_") and c not in ("dice_mean", "dice_rule")]

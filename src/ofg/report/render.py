@@ -1,6 +1,7 @@
 """Rendering tables: human-readable columns, Markdown and LaTeX, captions stating the conventions.
 
-Conventions stated in every caption: Dice "± over pairs" is the std of the per-pair mean Dice;
+Conventions stated in every caption: how a pair's mean Dice averages its labels (the rule of each
+dataset, :data:`DICE_RULE_TEXT`); Dice "± over pairs" is the std of the per-pair mean Dice;
 "± over structures × pairs" is the std over every (structure, pair) Dice (TransMorph's convention).
 %|J|≤0 uses ``np.gradient`` of identity + displacement over the whole volume; SDlogJ is the
 Learn2Reg formula; HD95 is in voxels (and mm where the spacing is known).
@@ -101,10 +102,28 @@ def write_table(numeric: pd.DataFrame, shown: pd.DataFrame, paths: Sequence[Path
     write_text_atomic(tex, to_latex(shown, caption))
 
 
+#: what each rule of :data:`ofg.metrics.DICE_RULES` averages, as a caption says it
+DICE_RULE_TEXT = {"either": "the mean over the labels present in the warped or the fixed map",
+                  "both": "the sum over the labels present in both the moving and the fixed map divided by their "
+                          "number, as the reference code for AbdomenCTCT"}
+
+
+def dice_rule_caption(plan: Mapping[str, Any]) -> str:
+    """The caption sentence naming the Dice rule(s) of the plan's datasets (``plan["dice_rules"]``;
+    'either' for every dataset of a plan without it)."""
+    rules = dict(plan.get("dice_rules") or {})
+    used = sorted(set(rules.values())) or ["either"]
+    if len(used) == 1:
+        return f"A pair's mean Dice is {DICE_RULE_TEXT[used[0]]} (rule '{used[0]}')."
+    parts = [f"{DICE_RULE_TEXT[rule]} (rule '{rule}': {', '.join(d for d, r in rules.items() if r == rule)})"
+             for rule in used]
+    return f"A pair's mean Dice is {'; or '.join(parts)}."
+
+
 def table_caption(plan: Mapping[str, Any], text: str) -> str:
-    conventions = (f"Split: {plan['split']}; labels warped by {plan['label_mode']}; seeds are averaged per test "
-                   "pair; Dice ± over pairs is the std of per-pair mean Dice, ± over seeds the std of the "
-                   "per-seed means, ± over structures×pairs the std over all (structure, pair) values; "
+    conventions = (f"Split: {plan['split']}; labels warped by {plan['label_mode']}. {dice_rule_caption(plan)} "
+                   "Seeds are averaged per test pair; Dice ± over pairs is the std of per-pair mean Dice, ± over "
+                   "seeds the std of the per-seed means, ± over structures×pairs the std over all (structure, pair) values; "
                    "%|J|≤0 from np.gradient of identity+displacement; SDlogJ by the Learn2Reg formula; HD95 in "
                    "voxels.")
     caveat = f" {EMBEDDED_CAVEAT}" if plan.get("embedded") else ""
