@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_the_five_notebooks_exist_clean_and_parameterised():
+def test_the_six_notebooks_exist_clean_and_parameterised():
     assert [p.stem for p in NOTEBOOKS] == ["01_prepare_data", "02_train", "03_evaluate", "04_refinement",
-                                           "05_tables_figures"]
+                                           "05_tables_figures", "06_baselines"]
     for path in NOTEBOOKS:
         book = nbformat.read(path, as_version=4)
         nbformat.validate(book)
@@ -51,5 +51,6 @@ def test_notebook_runs_alone(path, tmp_path, monkeypatch):
         "03_evaluate": layout.metrics(demo),
         "04_refinement": layout.refinement("embedded-brain"),
         "05_tables_figures": layout.table("main_results")[1],
+        "06_baselines": layout.baselines("embedded-brain"),
     }[path.stem]
     assert expected.is_file()

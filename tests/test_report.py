@@ -142,6 +142,11 @@ def write_results(root: Path, plan: dict, rng: np.random.Generator) -> None:
         np.savez(layout.sample(key), moving=image, fixed=image, warped=image, index=0, split="test", slice=6,
                  displacement=rng.normal(size=(2, 12, 10)).astype(np.float32),
                  jacobian=np.ones((12, 10), np.float32), folding_percent=0.0)
+    for dataset in plan["baselines"]:
+        frames = [metrics_frame(rng, offset).assign(method=method, seconds_per_pair=seconds)
+                  for method, offset, seconds in (("before_registration", -0.2, 0.0), ("syn", 0.05, 3.0))]
+        layout.baselines(dataset).parent.mkdir(parents=True, exist_ok=True)
+        pd.concat(frames).to_csv(layout.baselines(dataset), index=False)
     for dataset in plan["refinement"]:
         path = layout.refinement(dataset)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,10 +195,14 @@ def test_tables_content(synthetic_plan):
     report.make_report(synthetic_plan, progress=False)
     tables = Path(synthetic_plan["results"]) / "tables"
     main = pd.read_csv(tables / "main_results.csv")
-    assert list(main.run) == ["unsupervised", synthetic_plan["main_run"]]
-    assert list(main.n_seeds) == [2, 2] and main.dice_std_seeds.notna().all()
+    # the reference rows on the same pairs come first, then the networks
+    assert list(main.run) == ["before_registration", "syn", "unsupervised", synthetic_plan["main_run"]]
+    assert list(main.model[:2]) == ["—", "—"] and "SyN (ANTs)" in set(main.method)
+    networks = main[main.model != "—"]
+    assert list(networks.n_seeds) == [2, 2] and networks.dice_std_seeds.notna().all()
+    assert main.dice_mean[0] < main.dice_mean[2]
     assert "published" not in main.to_string()
-    assert math.isnan(main.wilcoxon_p_vs_unsupervised[0]) and 0 < main.wilcoxon_p_vs_unsupervised[1] <= 1
+    assert math.isnan(main.wilcoxon_p_vs_unsupervised[2]) and 0 < main.wilcoxon_p_vs_unsupervised[3] <= 1
     cost = pd.read_csv(tables / "training_cost.csv")
     assert set(cost[cost.run == "unsupervised"].seed) == {0, 1}
     cost = cost[cost.seed == 0].set_index("run")

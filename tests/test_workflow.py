@@ -215,6 +215,7 @@ def test_dry_run_default_config_plans_every_job_once(tmp_path):
     assert counts["train"] == len(runs) == 12
     assert counts["evaluate"] == len(runs)
     assert counts["prepare_data"] == 2 and counts["refinement"] == 2 and counts["tables_and_figures"] == 1
+    assert counts["baselines"] == 2
     assert planned_runs(result.stdout) == {str(Layout(results).run(r.key).summary) for r in runs}
     # every job runs a notebook with papermill and keeps it as its log
     assert result.stdout.count("papermill --no-progress-bar -k python3") == sum(counts.values()) - 1
@@ -300,7 +301,7 @@ def test_tiny_workflow_end_to_end_resumes_and_is_idempotent(tmp_path):
     for output in output_paths(plan):
         assert output.is_file() and output.stat().st_size > 0, output
     notebooks = list((tmp_path / "results" / "notebooks").rglob("*.ipynb"))
-    assert len(notebooks) == 1 + 5 + 5 + 1 + 1
+    assert len(notebooks) == 1 + 5 + 5 + 1 + 1 + 1
 
     again = snakemake("-n", "--cores", "2", "--configfile", str(path), "--directory", str(tmp_path))
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -7,6 +7,7 @@ Under the results folder ``R`` (config key ``results``)::
     R/metrics/<dataset>/<model>/<run>/seed-<s>.csv   per-pair test metrics
     R/samples/<dataset>/<model>/<run>/seed-<s>.npz   middle-slice sample for the qualitative figure
     R/refinement/<dataset>.csv                       optimiser-refinement curves
+    R/baselines/<dataset>.csv                        reference rows: zero field, instance optimisation, SyN
     R/benchmarks/<stage>/<dataset>[/<model>/<run>/seed-<s>].tsv   Snakemake benchmark of one job
     R/notebooks/<NN_stage>/<dataset>[/<model>/<run>/seed-<s>].ipynb  executed notebooks (the rules' logs)
     R/tables/<name>.{csv,md,tex}                     tables
@@ -27,7 +28,7 @@ TABLE_FORMATS = ("csv", "md", "tex")
 FIGURE_FORMATS = ("png", "pdf")
 #: workflow stage -> notebook name (notebooks/<name>.ipynb; its executed copies under R/notebooks/<name>/)
 NOTEBOOKS = {"prepare": "01_prepare_data", "train": "02_train", "evaluate": "03_evaluate",
-             "refinement": "04_refinement", "report": "05_tables_figures"}
+             "refinement": "04_refinement", "report": "05_tables_figures", "baselines": "06_baselines"}
 
 
 class RunKey(NamedTuple):
@@ -125,6 +126,9 @@ class Layout:
 
     def refinement(self, dataset: str) -> Path:
         return self.root / "refinement" / f"{dataset}.csv"
+
+    def baselines(self, dataset: str) -> Path:
+        return self.root / "baselines" / f"{dataset}.csv"
 
     def benchmark(self, stage: str, *parts: str) -> Path:
         """``stage`` in :data:`NOTEBOOKS`; ``parts`` the dataset or, for a run, :meth:`RunKey.parts`."""

@@ -92,13 +92,13 @@ def check_config(config: Mapping[str, Any]) -> None:
         if name in EMBEDDED and entry.get("root"):
             raise ValueError(f"config datasets.{name}.root: embedded cohorts are prepared by the workflow "
                              f"under <results>/data/{name}; remove the root (got {entry['root']!r})")
-    for experiment in ("self_training", "ablation", "refinement"):
+    for experiment in ("self_training", "ablation", "refinement", "baselines"):
         section = config[experiment]
         for name in section["datasets"]:
             if name not in datasets:
                 raise ValueError(f"config {experiment}.datasets: {name!r} is not among the configured datasets "
                                  f"({', '.join(datasets)})")
-            models = section["models"] if "models" in section else [section["model"]]
+            models = section["models"] if "models" in section else [section["model"]] if "model" in section else []
             for model in models:
                 if model not in datasets[name]["models"]:
                     raise ValueError(f"config {experiment}: model {model!r} is not trained on {name!r} "
@@ -248,6 +248,19 @@ def refinement_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, 
             "device": config["device"], "out": str(layout(config).refinement(dataset))}
 
 
+def baseline_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """Notebook 06's parameters for ``dataset``: the reference rows on the evaluation's pairs, scored as the
+    networks are; instance optimisation is the OFG optimiser (``ofg`` settings) for ``instance_steps``
+    steps from the zero field."""
+    section, evaluation = config["baselines"], config["evaluation"]
+    settings = {key: config["ofg"][key] for key in ("lr", "reg_weight", "window")}
+    return {"dataset_name": dataset, "root": str(data_root(config, dataset)),
+            "options": dict(config["datasets"][dataset].get("options", {})), "methods": list(section["methods"]),
+            "settings": {**settings, "steps": section["instance_steps"]}, "split": evaluation["split"],
+            "label_mode": evaluation["label_mode"], "hd95": evaluation["hd95"], "device": config["device"],
+            "out": str(layout(config).baselines(dataset))}
+
+
 def _run_record(run: Run) -> dict[str, Any]:
     return {"dataset": run.dataset, "model": run.model, "run": run.id, "method": run.method, "steps": run.steps,
             "seed": run.seed}
@@ -268,6 +281,7 @@ def report_plan(config: Mapping[str, Any]) -> dict[str, Any]:
         "ablation": {"steps": ablation_steps, "runs": [[k, ofg_run_id(k)] for k in ablation_steps],
                      "pairs": [list(p) for p in _pairs(config["ablation"])]},
         "refinement": list(config["refinement"]["datasets"]),
+        "baselines": list(config["baselines"]["datasets"]),
         "qualitative": pairs,
         "embedded": any(name in EMBEDDED for name in config["datasets"]),
         "label_mode": config["evaluation"]["label_mode"],
@@ -305,6 +319,7 @@ def tiny_config(results: str | Path | None = None) -> dict[str, Any]:
         "ablation": {"steps": [2], "datasets": ["embedded-brain"], "models": ["voxelmorph"]},
         "refinement": {"datasets": ["embedded-brain"], "model": "voxelmorph", "starts": ["untrained", "random"],
                        "steps": 3, "lr": 0.1, "reg_weight": 1.0, "n_pairs": 1, "split": "test", "seed": 0},
+        "baselines": {"datasets": [], "methods": [], "instance_steps": 100},
     })
 
 

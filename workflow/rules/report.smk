@@ -8,6 +8,7 @@ rule tables_and_figures:
         runs=expand(rules.train.output.summary, zip, **ofg_plan.wildcard_lists(RUNS)),
         benchmarks=[str(LAYOUT.benchmark("train", *run.key.parts())) for run in RUNS],
         refinement=expand(rules.refinement.output.curves, dataset=config["refinement"]["datasets"]),
+        baselines=expand(rules.baselines.output.rows, dataset=config["baselines"]["datasets"]),
     output:
         reported(OUTPUTS),
     log:

@@ -62,6 +62,11 @@ def load_sample(results: str | Path, run: Mapping[str, Any]) -> dict[str, np.nda
         return {name: data[name] for name in data.files}
 
 
+def load_baselines(results: str | Path, dataset: str) -> pd.DataFrame:
+    """The reference rows of ``dataset`` (one row per method and pair, see :mod:`ofg.baselines`)."""
+    return _read_csv(Layout(results).baselines(dataset), "reference rows (baselines)")
+
+
 def load_refinement(results: str | Path, dataset: str) -> pd.DataFrame:
     """The refinement curves of ``dataset``."""
     return _read_csv(Layout(results).refinement(dataset), "refinement curves")

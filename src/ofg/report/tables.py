@@ -11,11 +11,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ofg.report.load import load_benchmark, load_history
+from ofg.report.load import load_baselines, load_benchmark, load_history
 from ofg.report.stats import mean_std, paired_wilcoxon, summarize_run
 
 METHOD_LABELS = {"unsupervised": "unsupervised", "self_training": "self-training",
-                 "opt_self_training": "optimised self-training", "ofg": "OFG"}
+                 "opt_self_training": "optimised self-training", "ofg": "OFG",
+                 "before_registration": "before registration", "instance_optimisation": "instance optimisation",
+                 "syn": "SyN (ANTs)"}
 #: the baselines of paper Fig. 3 (compared with the plan's main OFG run)
 BASELINES = ("unsupervised", "self_training", "opt_self_training")
 
@@ -63,10 +65,23 @@ def _label(run: Mapping[str, Any]) -> dict[str, Any]:
     return {"dataset": run["dataset"], "model": run["model"], "method": METHOD_LABELS[run["method"]], "run": run["run"]}
 
 
+def reference_rows(plan: Mapping[str, Any], dataset: str) -> list[dict[str, Any]]:
+    """The reference rows of ``dataset`` (none unless the plan runs its baselines): model "—"."""
+    if dataset not in plan.get("baselines", []):
+        return []
+    frame = load_baselines(plan["results"], dataset)
+    return [{"dataset": dataset, "model": "—", "method": METHOD_LABELS.get(method, method), "run": method,
+             **summarize_run(group), "wilcoxon_p_vs_unsupervised": math.nan}
+            for method, group in frame.groupby("method", sort=False)]
+
+
 def main_results(plan: Mapping[str, Any], metrics: pd.DataFrame) -> pd.DataFrame:
-    """Unsupervised and main OFG run per (dataset, model): metrics and the paired Wilcoxon p (OFG row)."""
+    """Per dataset its reference rows, then the unsupervised and main OFG run of each model: metrics and
+    the paired Wilcoxon p (OFG row)."""
     rows = []
-    for dataset, model in plan["main"]:
+    for index, (dataset, model) in enumerate(plan["main"]):
+        if dataset not in [d for d, _ in plan["main"][:index]]:
+            rows += reference_rows(plan, dataset)
         runs = runs_of(plan, dataset, model)
         baseline = _select(metrics, runs["unsupervised"])
         for run_id in ("unsupervised", plan["main_run"]):
