@@ -133,7 +133,10 @@ def test_tiny_workflow_runs_every_job_through_sbatch(cluster, tmp_path):
     counts = job_stats(log)
     jobs = cluster.jobs(name=slurm_run_id(log))
     print(f"tiny workflow on SLURM: {len(jobs)} sbatch jobs, {elapsed:.0f} s")
-    assert len(jobs) == sum(counts.values()) == 13
+    config = validated(yaml.safe_load(TINY.read_text()) | {"results": str(results)})
+    planned = (len(config["datasets"]) + 2 * len(ofg_plan.training_runs(config)) + len(config["refinement"]["datasets"])
+               + len(config["baselines"]["datasets"]) + 1)  # prepare, train + evaluate, refinement, baselines, report
+    assert len(jobs) == sum(counts.values()) == planned == 14
     assert {job.state for job in jobs} == {"COMPLETED"}
     assert sorted(re.findall(r"submitted with SLURM jobid (\d+)", log), key=int) == [job.id for job in jobs]
     logs = sorted((tmp_path / "slurm_logs").rglob("*.log"))
@@ -141,7 +144,6 @@ def test_tiny_workflow_runs_every_job_through_sbatch(cluster, tmp_path):
     assert Counter(p.relative_to(tmp_path / "slurm_logs").parts[0] for p in logs) == {
         f"rule_{rule}": n for rule, n in counts.items()}
 
-    config = validated(yaml.safe_load(TINY.read_text()) | {"results": str(results)})
     for run in ofg_plan.training_runs(config):
         assert Layout(results).run(run.key).summary.is_file(), run
     for output in output_paths(ofg_plan.report_plan(config)):
