@@ -12,3 +12,20 @@ def test_measure_runs_the_training_step_of_each_method():
     unsupervised = measure("unsupervised", 16, torch.device("cpu"), repeats=1)
     assert ofg["refine_seconds"] > 0 and unsupervised["refine_seconds"] == 0
     assert ofg["seconds"] >= ofg["refine_seconds"] and unsupervised["seconds"] > 0
+
+
+def test_run_reports_each_path_and_the_ratios_for_another_model_and_size(capsys):
+    """The [train] section at a DxHxW size with TransMorph (small, padded to its windows), two paths."""
+    import argparse
+
+    from ofg.bench.train import run
+
+    args = argparse.Namespace(device="cpu", repeats=1, sizes=[(20, 24, 18)], paths=["float32", "fast"],
+                              model="transmorph", model_size="small")
+    results = run(args)
+    out = capsys.readouterr().out
+    assert "transmorph (small)" in out and "20x24x18 fast: OFG(k=10)/unsupervised time" in out
+    assert "20x24x18 ofg: fast" in out
+    for path in ("float32", "fast"):
+        assert results[f"20x24x18/{path}/ofg"]["refine_seconds"] > 0
+        assert results[f"20x24x18/{path}/ratios"]["time"] > 0

@@ -5,3 +5,6 @@ table: ``core`` (losses and the OFG refinement), and, when present, ``models`` a
 """
 
 SECTIONS = ("core", "models", "train")
+#: the training paths [train] times: float32; the fast path (bf16 autocast + channels-last network);
+#: the network under torch.compile; both
+PATHS = ("float32", "fast", "compiled", "fast+compiled")

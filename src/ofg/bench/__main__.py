@@ -8,7 +8,8 @@ import sys
 
 import torch
 
-from ofg.bench import SECTIONS
+from ofg.bench import PATHS, SECTIONS
+from ofg.models import MODEL_NAMES
 
 
 def _size_list(text: str) -> list[tuple[int, int, int]]:
@@ -31,6 +32,14 @@ def _sections(text: str) -> list[str]:
     return names
 
 
+def _paths(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in PATHS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown path(s) {unknown or text!r}; choose from {PATHS}")
+    return names
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ofg.bench", description=__doc__)
     parser.add_argument("--only", type=_sections, default=list(SECTIONS),
@@ -44,6 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--accuracy-max-size", type=int, default=64,
                         help="largest size at which [core] also runs the naive refinement in float64 to "
                              "compare both float32 results with exact arithmetic (slow; default 64)")
+    parser.add_argument("--model", choices=MODEL_NAMES, default="voxelmorph", help="[train] the network (default voxelmorph)")
+    parser.add_argument("--model-size", choices=("small", "paper"), default="small",
+                        help="[train] small (CPU-sized) or paper (the reference configuration)")
+    parser.add_argument("--paths", type=_paths, default=["float32", "fast"],
+                        help=f"[train] comma-separated paths from {','.join(PATHS)} (default float32,fast); e.g. the "
+                             "paper-size GPU check: --device cuda --model transmorph --model-size paper --sizes "
+                             "160x192x224 --paths float32,fast,compiled,fast+compiled")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice); 1 is steadier on a busy machine")
     args = parser.parse_args(argv)

@@ -6,7 +6,13 @@ path of real training, for a small VoxelMorph, batch 1, at each size (default: t
 
 - ``float32``: everything in float32, contiguous memory;
 - ``fast``: the network in channels-last (``channels_last_3d``) under bfloat16 autocast; the losses,
-  the warp and the OFG refinement stay float32 (config keys ``amp`` and ``channels_last``).
+  the warp and the OFG refinement stay float32 (config keys ``amp`` and ``channels_last``);
+- ``compiled`` / ``fast+compiled``: the same with the network under ``torch.compile`` (config key
+  ``compile``), chosen with ``--paths``.
+
+``--model`` / ``--model-size`` pick another network, e.g. the paper-size check of TransMorph + OFG at
+160×192×224 on a GPU: ``python -m ofg.bench --only train --device cuda --model transmorph --model-size
+paper --sizes 160x192x224 --paths float32,fast,compiled,fast+compiled``.
 
 Reported: the median wall time over ``repeats`` iterations after one warm-up, the refinement's part,
 the OFG/unsupervised ratio per path (target ≤ 1.25×) and the fast/float32 speed-up per method, and the
@@ -29,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from ofg.bench import PATHS
 from ofg.config import RunConfig
 from ofg.objectives import build_objective
 from ofg.runtime import bf16_is_fast, synchronize
@@ -36,7 +43,6 @@ from ofg.train import Step, build_network
 
 SHAPES = ((48, 64, 48), (64, 64, 48))
 METHODS = ("unsupervised", "ofg")
-PATHS = ("float32", "fast")
 TIME_TARGET = 1.25
 MEMORY_TARGET = 1.5
 
@@ -58,16 +64,19 @@ def _images(shape: tuple[int, int, int], device: torch.device) -> tuple[torch.Te
 
 
 def measure(method: str, shape: int | tuple[int, int, int], device: torch.device, repeats: int, steps: int = 10,
-            path: str = "float32") -> dict[str, float]:
+            path: str = "float32", model_name: str = "voxelmorph", model_size: str = "small") -> dict[str, float]:
     """Median seconds per iteration and peak memory (MiB) of ``method`` on ``path`` (module docstring)."""
     shape = (shape,) * 3 if isinstance(shape, int) else tuple(shape)
-    fast = path == "fast"
-    config = RunConfig.from_dict({"method": method, "model": {"name": "voxelmorph", "size": "small"},
-                                  "ofg": {"steps": steps}, "epochs": 1, "amp": fast, "channels_last": fast})
+    fast = path.startswith("fast")
+    config = RunConfig.from_dict({"method": method, "model": {"name": model_name, "size": model_size},
+                                  "ofg": {"steps": steps}, "epochs": 1, "amp": fast, "channels_last": fast,
+                                  "compile": path.endswith("compiled")})
     torch.manual_seed(0)
     model = build_network(config, shape).to(device).train()
     if fast:
         model = model.to(memory_format=torch.channels_last_3d)
+    if config.compile:
+        model = torch.compile(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, amsgrad=True)
     step = Step(config, model, optimizer, build_objective(config, shape, Path("unused"), device))
     moving, fixed = _images(shape, device)
@@ -97,11 +106,12 @@ def measure(method: str, shape: int | tuple[int, int, int], device: torch.device
             "peak_mb": peak, "total_peak_mb": total}
 
 
-def _measure_in_subprocess(method: str, shape: tuple[int, int, int], repeats: int, path: str) -> dict[str, float]:
+def _measure_in_subprocess(method: str, shape: tuple[int, int, int], repeats: int, path: str, model_name: str,
+                           model_size: str) -> dict[str, float]:
     threads = torch.get_num_threads()
     code = (f"import json, sys, torch; torch.set_num_threads({threads}); from ofg.bench.train import measure; "
             f"print(json.dumps(measure({method!r}, {tuple(shape)!r}, torch.device('cpu'), {repeats}, "
-            f"path={path!r})))")
+            f"path={path!r}, model_name={model_name!r}, model_size={model_size!r})))")
     # the fresh process must use the thread count the user chose with --threads
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
@@ -118,20 +128,23 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Print (and return) the table per size and path; ``args.device``, ``args.repeats``, ``args.sizes``."""
     device = torch.device(args.device)
     shapes = [tuple(s) for s in args.sizes] if args.sizes else list(SHAPES)
-    print(f"one training iteration, VoxelMorph small, batch 1, on {device} (median of {args.repeats} after a "
-          f"warm-up); bf16 native here: {bf16_is_fast(device)}")
+    paths, model = list(getattr(args, "paths", PATHS[:2])), getattr(args, "model", "voxelmorph")
+    model_size = getattr(args, "model_size", "small")
+    print(f"one training iteration, {model} ({model_size}), batch 1, on {device} (median of {args.repeats} after "
+          f"a warm-up); bf16 native here: {bf16_is_fast(device)}")
     print(f"{'size':<10}{'path':<9}{'method':<14}{'s/it':>9}{'refine s':>10}{'peak MiB':>10}{'total MiB':>11}")
     results: dict[str, dict[str, float]] = {}
     for shape in shapes:
         label = "x".join(map(str, shape))
-        for path in PATHS:
+        for path in paths:
             for method in METHODS:
-                r = (_measure_in_subprocess(method, shape, args.repeats, path) if device.type == "cpu"
-                     else measure(method, shape, device, args.repeats, path=path))
+                r = (_measure_in_subprocess(method, shape, args.repeats, path, model, model_size)
+                     if device.type == "cpu" else measure(method, shape, device, args.repeats, path=path,
+                                                          model_name=model, model_size=model_size))
                 results[f"{label}/{path}/{method}"] = r
                 print(f"{label:<10}{path:<9}{method:<14}{r['seconds']:>9.4f}{r['refine_seconds']:>10.4f}"
                       f"{r['peak_mb']:>10.1f}{r['total_peak_mb']:>11.1f}")
-        for path in PATHS:
+        for path in paths:
             base, ofg = results[f"{label}/{path}/unsupervised"], results[f"{label}/{path}/ofg"]
             time_ratio = ofg["seconds"] / base["seconds"]
             memory_ratio = ofg["peak_mb"] / base["peak_mb"] if base["peak_mb"] > 0 else float("nan")
@@ -139,7 +152,8 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             print(f"{label} {path}: OFG(k=10)/unsupervised time {time_ratio:.2f}x (target <= {TIME_TARGET}x: "
                   f"{_verdict(time_ratio, TIME_TARGET)}), peak memory {memory_ratio:.2f}x (target <= "
                   f"{MEMORY_TARGET}x: {_verdict(memory_ratio, MEMORY_TARGET)})")
-        for method in METHODS:
-            speedup = results[f"{label}/float32/{method}"]["seconds"] / results[f"{label}/fast/{method}"]["seconds"]
-            print(f"{label} {method}: fast path {speedup:.2f}x faster than float32")
+        for path in paths[1:] if paths[0] == "float32" else []:
+            for method in METHODS:
+                speedup = results[f"{label}/float32/{method}"]["seconds"] / results[f"{label}/{path}/{method}"]["seconds"]
+                print(f"{label} {method}: {path} {speedup:.2f}x faster than float32")
     return results
