@@ -242,3 +242,12 @@ def test_seeds_are_averaged_per_pair_before_the_statistics():
     assert summary["dice_std_seeds"] == pytest.approx(expected)
     p, n = report.paired_wilcoxon(both, seed0)
     assert n == len(seed0) and p == pytest.approx(exact_wilcoxon_p(averaged.dice_mean, seed0.dice_mean))
+
+
+def test_the_caption_names_the_ixi_test_subset():
+    from ofg.report.render import table_caption
+
+    plan = {"split": "test", "label_mode": "nearest", "test_subsets": {"ixi": "reference20"}}
+    assert "ixi test set: 20 subjects of its test folder drawn with seed 42" in table_caption(plan, "T.")
+    assert "115" in table_caption({**plan, "test_subsets": {"ixi": "all"}}, "T.")
+    assert "test set" not in table_caption({"split": "test", "label_mode": "onehot"}, "T.")

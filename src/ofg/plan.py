@@ -286,6 +286,8 @@ def report_plan(config: Mapping[str, Any]) -> dict[str, Any]:
         "embedded": any(name in EMBEDDED for name in config["datasets"]),
         "label_mode": config["evaluation"]["label_mode"],
         "dice_rules": {name: dice_rule(config, name) for name in config["datasets"]},
+        "test_subsets": {name: entry["options"]["test_subset"] for name, entry in config["datasets"].items()
+                         if "test_subset" in entry.get("options", {})},
         "split": config["evaluation"]["split"],
         "device": config["device"],
     }

@@ -120,8 +120,20 @@ def dice_rule_caption(plan: Mapping[str, Any]) -> str:
     return f"A pair's mean Dice is {'; or '.join(parts)}."
 
 
+TEST_SUBSET_TEXT = {"all": "every subject of its test folder (IXI: the 115 of TransMorph's table)",
+                    "reference20": "20 subjects of its test folder drawn with seed 42, as the reference's infer.py"}
+
+
+def test_subset_caption(plan: Mapping[str, Any]) -> str:
+    """The caption sentence naming each dataset's test subjects where the config chose them (IXI)."""
+    subsets = dict(plan.get("test_subsets") or {})
+    return "".join(f" {dataset} test set: {TEST_SUBSET_TEXT.get(subset, subset)} ('{subset}')."
+                   for dataset, subset in subsets.items())
+
+
 def table_caption(plan: Mapping[str, Any], text: str) -> str:
-    conventions = (f"Split: {plan['split']}; labels warped by {plan['label_mode']}. {dice_rule_caption(plan)} "
+    conventions = (f"Split: {plan['split']}{test_subset_caption(plan)}; labels warped by {plan['label_mode']}. "
+                   f"{dice_rule_caption(plan)} "
                    "Seeds are averaged per test pair; Dice ± over pairs is the std of per-pair mean Dice, ± over "
                    "seeds the std of the per-seed means, ± over structures×pairs the std over all (structure, pair) values; "
                    "%|J|≤0 from np.gradient of identity+displacement; SDlogJ by the Learn2Reg formula; HD95 in "
