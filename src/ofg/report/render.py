@@ -132,7 +132,7 @@ def test_subset_caption(plan: Mapping[str, Any]) -> str:
 
 
 def table_caption(plan: Mapping[str, Any], text: str) -> str:
-    conventions = (f"Split: {plan['split']}{test_subset_caption(plan)}; labels warped by {plan['label_mode']}. "
+    conventions = (f"Split: {plan['split']}.{test_subset_caption(plan)} Labels warped by {plan['label_mode']}. "
                    f"{dice_rule_caption(plan)} "
                    "Seeds are averaged per test pair; Dice ± over pairs is the std of per-pair mean Dice, ± over "
                    "seeds the std of the per-seed means, ± over structures×pairs the std over all (structure, pair) values; "
