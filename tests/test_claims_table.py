@@ -94,7 +94,7 @@ def test_the_files_state_their_conventions(plan):
     assert pd.read_csv(csv).verdict.notna().all()
     text = md.read_text()
     assert "40 pairs × 3 seeds" in text and "bootstrap" in text and "Holm" in text and EMBEDDED_CAVEAT in text
-    assert "labels warped by nearest" in text
+    assert "Labels warped by nearest" in text
     assert r"\caption{" in tex.read_text() and "supported" in tex.read_text()
 
 

@@ -218,7 +218,7 @@ def test_tables_content(synthetic_plan):
     assert selft.best_val_dice.tolist() == [0.6] * 4
     md = (tables / "main_results.md").read_text()
     assert "± over structures×pairs" in md and report.EMBEDDED_CAVEAT in md
-    assert "(rule 'either')" in md and "labels warped by onehot" in md
+    assert "(rule 'either')" in md and "Labels warped by onehot" in md
     assert "PUBLISHED" in (tables / "published.md").read_text()
 
 
