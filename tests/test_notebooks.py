@@ -54,3 +54,29 @@ def test_notebook_runs_alone(path, tmp_path, monkeypatch):
         "06_baselines": layout.baselines("embedded-brain"),
     }[path.stem]
     assert expected.is_file()
+
+
+def test_every_parameter_a_rule_passes_is_declared_by_its_notebook():
+    """papermill injects unknown parameters silently: a key the plan passes but the notebook never reads
+    would be lost (as the refinement's window once was)."""
+    import yaml
+    from snakemake.utils import validate
+
+    from ofg import plan
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    validate(config, str(REPO / "config" / "schema.yaml"))
+    run = plan.training_runs(config)[0]
+
+    def declared(name: str) -> set[str]:
+        book = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+        cell = next(c for c in book.cells if "parameters" in c.metadata.get("tags", []))
+        return {line.split("=")[0].strip() for line in cell.source.splitlines() if "=" in line and line[0] != " "}
+
+    for name, params in (("01_prepare_data", plan.prepare_parameters(config, "embedded-brain")),
+                         ("02_train", plan.train_parameters(config, run)),
+                         ("03_evaluate", plan.evaluate_parameters(config, run)),
+                         ("04_refinement", plan.refinement_parameters(config, "embedded-brain")),
+                         ("05_tables_figures", {"plan": plan.report_plan(config), "progress": False}),
+                         ("06_baselines", plan.baseline_parameters(config, "embedded-brain"))):
+        assert set(params) <= declared(name), (name, set(params) - declared(name))

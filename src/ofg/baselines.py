@@ -137,10 +137,11 @@ def field_function(method: str, settings: RefineSettings | None = None) -> Field
 
 
 def baseline_rows(dataset: Any, method: str, split: str = "test", *, label_mode: str = "onehot",
-                  hd95: bool = False, settings: RefineSettings | None = None, device: str | torch.device = "cpu",
+                  dice_rule: str = "either", hd95: bool = False, settings: RefineSettings | None = None, device: str | torch.device = "cpu",
                   max_pairs: int | None = None, progress: bool = False) -> pd.DataFrame:
     """Per-pair metrics of baseline ``method`` on the first ``max_pairs`` pairs of ``split`` (columns:
-    see the module docstring); ``settings`` configures instance optimisation."""
+    see the module docstring, and those of :func:`ofg.evaluate.evaluate`, ``dice_rule`` included);
+    ``settings`` configures instance optimisation."""
     check_split(split)
     check_label_mode(label_mode)
     make_field = field_function(method, settings)
@@ -153,9 +154,9 @@ def baseline_rows(dataset: Any, method: str, split: str = "test", *, label_mode:
         pair = pairs[index]
         disp, seconds = make_field(*pair_tensors(pair, device))
         row: dict[str, Any] = {"method": method, "split": split, "pair_index": index, "moving": pairs.keys[index][0],
-                               "fixed": pairs.keys[index][1], "label_mode": label_mode}
+                               "fixed": pairs.keys[index][1], "label_mode": label_mode, "dice_rule": dice_rule}
         row.update(field_metrics(disp, pair.moving_label, pair.fixed_label, labels, label_mode=label_mode,
-                                 hd95=hd95, spacing=spacing, ground_truth=dataset.ground_truth(split, index)))
+                                 dice_rule=dice_rule, hd95=hd95, spacing=spacing, ground_truth=dataset.ground_truth(split, index)))
         row.update({k: v for k, v in both_dice(disp, pair.moving_label, pair.fixed_label, labels,
                                                label_mode).items() if k != "dice_mean"})
         row["inference_seconds"] = row["seconds_per_pair"] = seconds
@@ -167,14 +168,14 @@ def run_baselines(params: Mapping[str, Any]) -> pd.DataFrame:
     """Every method of ``params["methods"]`` on one dataset, written to ``params["out"]`` as CSV, atomically.
 
     ``params``: ``dataset_name``, ``root``, ``options`` (the loader's), ``methods``, ``split``,
-    ``label_mode``, ``hd95``, ``settings`` (a :class:`RefineSettings` mapping for instance
+    ``label_mode``, ``dice_rule`` (default "either"), ``hd95``, ``settings`` (a :class:`RefineSettings` mapping for instance
     optimisation), ``device``, ``max_pairs`` (optional) and ``out``.
     """
     dataset = open_dataset(params["dataset_name"], params["root"], **params.get("options", {}))
     settings = RefineSettings(**params["settings"]) if params.get("settings") else None
     device = resolve_device(params.get("device", "cpu"))
     frames = [baseline_rows(dataset, method, params.get("split", "test"), label_mode=params["label_mode"],
-                            hd95=params.get("hd95", False), settings=settings, device=device,
+                            dice_rule=params.get("dice_rule", "either"), hd95=params.get("hd95", False), settings=settings, device=device,
                             max_pairs=params.get("max_pairs"))
               for method in params["methods"]]
     table = pd.concat(frames, ignore_index=True).assign(dataset=params["dataset_name"])

@@ -255,8 +255,8 @@ def baseline_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, An
     return {"dataset_name": dataset, "root": str(data_root(config, dataset)),
             "options": dict(config["datasets"][dataset].get("options", {})), "methods": list(section["methods"]),
             "settings": {**settings, "steps": section["instance_steps"]}, "split": evaluation["split"],
-            "label_mode": evaluation["label_mode"], "hd95": evaluation["hd95"], "device": config["device"],
-            "out": str(layout(config).baselines(dataset))}
+            "label_mode": evaluation["label_mode"], "dice_rule": dice_rule(config, dataset), "hd95": evaluation["hd95"],
+            "device": config["device"], "out": str(layout(config).baselines(dataset))}
 
 
 def _run_record(run: Run) -> dict[str, Any]:
