@@ -15,8 +15,8 @@ from ofg.data.labels import (
     ABDOMEN_LABELS,
     OASIS_LABELS,
 )
-from ofg.io import save_nifti, write_json_atomic
 from ofg.data.fixture_volumes import Shape, affine, random_image, random_label_map, write_pickle
+from ofg.io import save_nifti, write_json_atomic
 
 
 # --- OASIS -------------------------------------------------------------------------------------
