@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import wilcoxon
 
+from ofg import claims
 from ofg.report.load import pair_key_columns, structure_columns
 
 
@@ -32,11 +33,9 @@ def seed_average(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def seed_spread(frame: pd.DataFrame, column: str = "dice_mean") -> tuple[float, int]:
-    """(std over seeds of the per-seed mean of ``column``, number of seeds); NaN std for one seed."""
-    if "seed" not in frame or frame.empty:
-        return math.nan, 1 if not frame.empty else 0
-    _, std, n = mean_std(frame.groupby("seed")[column].mean())
-    return std, n
+    """(std over seeds of the per-seed mean of ``column``, number of seeds): :func:`ofg.claims.seed_spread`
+    and :func:`ofg.claims.n_seeds`, the claims table's own."""
+    return claims.seed_spread(frame, column), claims.n_seeds(frame)
 
 
 def paired_wilcoxon(a: pd.DataFrame, b: pd.DataFrame, column: str = "dice_mean") -> tuple[float, int]:
