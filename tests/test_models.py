@@ -329,12 +329,18 @@ def _naive_swin_attention(block: SwinBlock, y: torch.Tensor) -> torch.Tensor:
     return torch.roll(out.unsqueeze(0), shifts=shift, dims=(1, 2, 3))
 
 
-@pytest.mark.parametrize("shifted", [False, True])
-def test_swin_attention_matches_naive(shifted):
-    torch.manual_seed(0)
+def _swin_block(shifted: bool) -> SwinBlock:
+    """A float64 Swin block with window (2,2,4) and a non-trivial relative-position bias table."""
     block = SwinBlock(dim=8, heads=2, window=(2, 2, 4), shifted=shifted, mlp_ratio=2.0, qkv_bias=True,
                       drop_path=0.0).double().eval()
     nn.init.normal_(block.attn.bias_table, std=1.0)
+    return block
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_swin_attention_matches_naive(shifted):
+    torch.manual_seed(0)
+    block = _swin_block(shifted)
     x = torch.randn(1, 4, 4, 8, 8, dtype=torch.float64)
     y = block.norm1(x)
     expected = x + _naive_swin_attention(block, y)
@@ -348,9 +354,7 @@ def test_swin_block_pads_to_window_multiples_like_the_reference(shifted):
     # A 3x3x5 map with window (2,2,4): the normalised map is zero-padded to 4x4x8, attended as a
     # 4x4x8 map (mask of the padded map when shifted) and cropped back.
     torch.manual_seed(1)
-    block = SwinBlock(dim=8, heads=2, window=(2, 2, 4), shifted=shifted, mlp_ratio=2.0, qkv_bias=True,
-                      drop_path=0.0).double().eval()
-    nn.init.normal_(block.attn.bias_table, std=1.0)
+    block = _swin_block(shifted)
     x = torch.randn(1, 3, 3, 5, 8, dtype=torch.float64)
     y = torch.nn.functional.pad(block.norm1(x), (0, 0, 0, 3, 0, 1, 0, 1))
     expected = x + _naive_swin_attention(block, y)[:, :3, :3, :5]
