@@ -14,6 +14,7 @@ from ofg.config import RunConfig
 from ofg.data.base import PairList
 from ofg.evaluate import evaluate, evaluate_checkpoint, main
 from ofg.guidance import RefineSettings
+from ofg.inference import mean_dice
 from ofg.models import build_model
 
 
@@ -109,7 +110,15 @@ def test_dice_rule_both_averages_over_labels_present_in_moving_and_fixed(data):
         d1, d2 = either[f"{prefix}dice_1"], either[f"{prefix}dice_2"]
         np.testing.assert_allclose(either[f"{prefix}dice_mean"], (d1 + d2 + either[f"{prefix}dice_3"]) / 3)
         np.testing.assert_allclose(both[f"{prefix}dice_mean"], (d1 + d2) / 2)  # label 3 is not in both
-    per_label = [c for c in either.columns if c.startswith("dice_") and c not in ("dice_mean", "dice_rule")]
+    per_label = [c for c in either.columns if c.startswith("dice_") and not c.startswith("dice_mean")
+                 and c != "dice_rule"]
+    for table, rule in ((either, "either"), (both, "both")):  # each convention's mean follows the rule too
+        for index, pair in enumerate(dataset.pairs("test")):
+            for mode in ("nearest", "onehot"):
+                expected = mean_dice(np.zeros((3, *pair.fixed_label.shape)), pair.moving_label, pair.fixed_label,
+                                     list(data.labels), mode, rule)[0]
+                assert table[f"dice_mean_{mode}"].iloc[index] == pytest.approx(expected)
+        assert (table["dice_mean"] == table["dice_mean_onehot"]).all()  # the default label mode
     pd.testing.assert_frame_equal(either[per_label], both[per_label])  # only the mean follows the rule
     # a label missing from one image only counts where it is in both: on the untouched pairs the rules agree
     plain_either = evaluate(_Zero(), data, "test", progress=False)

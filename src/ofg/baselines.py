@@ -157,8 +157,8 @@ def baseline_rows(dataset: Any, method: str, split: str = "test", *, label_mode:
                                "fixed": pairs.keys[index][1], "label_mode": label_mode, "dice_rule": dice_rule}
         row.update(field_metrics(disp, pair.moving_label, pair.fixed_label, labels, label_mode=label_mode,
                                  dice_rule=dice_rule, hd95=hd95, spacing=spacing, ground_truth=dataset.ground_truth(split, index)))
-        row.update({k: v for k, v in both_dice(disp, pair.moving_label, pair.fixed_label, labels,
-                                               label_mode).items() if k != "dice_mean"})
+        row.update({k: v for k, v in both_dice(disp, pair.moving_label, pair.fixed_label, labels, label_mode,
+                                               dice_rule, known=row["dice_mean"]).items() if k != "dice_mean"})
         row["inference_seconds"] = row["seconds_per_pair"] = seconds
         rows.append(row)
     return pd.DataFrame(rows)

@@ -9,6 +9,8 @@
   (:data:`ofg.metrics.DICE_RULES`), recorded in ``dice_rule``: "either" (default) over the labels
   present in the warped or the fixed map, "both" over those present in both the moving and the
   fixed map (the reference's AbdomenCTCT rule)
+- ``dice_mean_nearest`` and ``dice_mean_onehot``: the mean Dice under each convention (same rule);
+  the one of ``label_mode`` equals ``dice_mean``
 - ``folding_percent``: 100·mean(det J ≤ 0), np.gradient convention, whole volume
 - ``sdlogj_l2r`` (Learn2Reg: central differences, 2-voxel crop, log(det+3)) and ``sdlogj_plain``
   (std of log det over voxels with det > 0)
@@ -39,7 +41,7 @@ from ofg.checkpoint import load_checkpoint
 from ofg.data import open_dataset
 from ofg.data.base import check_split
 from ofg.guidance import RefineSettings, refine
-from ofg.inference import (LABEL_MODES, check_label_mode, device_of, field_metrics, pair_tensors, predict,
+from ofg.inference import (LABEL_MODES, both_dice, check_label_mode, device_of, field_metrics, pair_tensors, predict,
                            qualitative_sample)
 from ofg.io import atomic_path
 from ofg.metrics import DICE_RULES
@@ -83,6 +85,8 @@ def evaluate(model: torch.nn.Module, dataset: Any, split: str = "test", *, label
             common = dict(label_mode=label_mode, dice_rule=dice_rule, hd95=hd95, spacing=spacing,
                           ground_truth=dataset.ground_truth(split, index))
             row.update(field_metrics(disp, pair.moving_label, pair.fixed_label, labels, **common))
+            row.update({k: v for k, v in both_dice(disp, pair.moving_label, pair.fixed_label, labels, label_mode,
+                                                   dice_rule, known=row["dice_mean"]).items() if k != "dice_mean"})
             row["inference_seconds"] = seconds
             if refine_settings is not None and refine_settings.steps > 0:
                 start = time.perf_counter()

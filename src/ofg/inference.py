@@ -96,16 +96,18 @@ def mean_dice(field: np.ndarray, moving_label: np.ndarray, fixed_label: np.ndarr
 
 
 def both_dice(disp: torch.Tensor, moving_label: np.ndarray, fixed_label: np.ndarray, labels: list[int],
-              label_mode: str = "nearest") -> dict[str, float]:
+              label_mode: str = "nearest", rule: str = "either", known: float | None = None) -> dict[str, float]:
     """Mean Dice of ``disp`` (1,3,D,H,W) in voxels under both label-warping conventions.
 
     Keys: ``dice_mean`` (the configured ``label_mode``), ``dice_mean_nearest`` (the OFG reference
-    code's) and ``dice_mean_onehot`` (TransMorph's); each as :func:`mean_dice` computes it.
+    code's) and ``dice_mean_onehot`` (TransMorph's); each as :func:`mean_dice` computes it with
+    ``rule``. ``known``, when given, is the configured mode's mean Dice already computed (not redone).
     """
+    check_label_mode(label_mode)
     field = as_field(disp)
-    means = {mode: mean_dice(field, moving_label, fixed_label, labels, mode)[0] for mode in LABEL_MODES}
-    return {"dice_mean": means[check_label_mode(label_mode)],
-            **{f"dice_mean_{mode}": means[mode] for mode in LABEL_MODES}}
+    means = {mode: known if (mode == label_mode and known is not None)
+             else mean_dice(field, moving_label, fixed_label, labels, mode, rule)[0] for mode in LABEL_MODES}
+    return {"dice_mean": means[label_mode], **{f"dice_mean_{mode}": means[mode] for mode in LABEL_MODES}}
 
 
 def field_metrics(disp: torch.Tensor, moving_label: np.ndarray, fixed_label: np.ndarray, labels: list[int],

@@ -30,13 +30,13 @@ PRESETS = ("cpu", "paper", "tiny")
 _PRESET_TABLE: dict[str, dict[str, dict[str, Any]]] = {
     "brain": {
         # 48x64x48 at 3.25 mm = 156x208x156 mm holds the whole brain (146x182x156 mm).
-        "cpu": dict(resolution=3.25, shape=(48, 64, 48), n_train=40, n_val=5, n_test=5, magnitude=3.0),
+        "cpu": dict(resolution=3.25, shape=(48, 64, 48), n_train=40, n_val=5, n_test=40, magnitude=3.0),
         "paper": dict(resolution=1.0, shape=(160, 192, 160), n_train=100, n_val=10, n_test=20, magnitude=10.0),
         "tiny": dict(resolution=6.0, shape=(32, 32, 32), n_train=6, n_val=2, n_test=2, magnitude=1.5),
     },
     "ct": {
         # 64x64x48 at 4 mm = 256x256x192 mm: the upper abdomen (organs span 248x158x160 mm).
-        "cpu": dict(resolution=4.0, shape=(64, 64, 48), n_train=20, n_val=5, n_test=5, magnitude=4.0),
+        "cpu": dict(resolution=4.0, shape=(64, 64, 48), n_train=20, n_val=3, n_test=7, magnitude=4.0),
         # The AbdomenCTCT size (2 mm); the scan is shorter than 512 mm, so the top and bottom are air.
         "paper": dict(resolution=2.0, shape=(192, 160, 256), n_train=30, n_val=5, n_test=10, magnitude=8.0),
         "tiny": dict(resolution=8.0, shape=(32, 32, 32), n_train=6, n_val=2, n_test=2, magnitude=2.0),

@@ -90,5 +90,6 @@ def pair_key_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def structure_columns(frame: pd.DataFrame) -> list[str]:
-    """Per-structure Dice columns (``dice_<label>``), without ``dice_mean`` and ``dice_rule``."""
-    return [c for c in frame.columns if c.startswith("dice_") and c not in ("dice_mean", "dice_rule")]
+    """Per-structure Dice columns (``dice_<label>``), without the means (``dice_mean``,
+    ``dice_mean_nearest``, ``dice_mean_onehot``) and ``dice_rule``."""
+    return [c for c in frame.columns if c.startswith("dice_") and not c.startswith("dice_mean") and c != "dice_rule"]

@@ -48,6 +48,10 @@ def display_metrics(table: pd.DataFrame) -> pd.DataFrame:
     if "dice_std_seeds" in table and table["dice_std_seeds"].notna().any():
         out["Dice (± seeds)"] = [_pm(m, s) for m, s in zip(table.dice_mean, table.dice_std_seeds)]
     out["Dice (± structures×pairs)"] = [_pm(m, s) for m, s in zip(table.dice_mean, table.dice_std_structures_pairs)]
+    for mode, title in (("nearest", "Dice nearest (± pairs)"), ("onehot", "Dice one-hot (± pairs)")):
+        column = f"dice_mean_{mode}"
+        if column in table and table[column].notna().any():
+            out[title] = [_pm(m, s) for m, s in zip(table[column], table[f"{column}_std"])]
     out["%|J|≤0"] = [_pm(m, s) for m, s in zip(table.folding_percent, table.folding_percent_std)]
     out["SDlogJ"] = [_pm(m, s) for m, s in zip(table.sdlogj_l2r, table.sdlogj_l2r_std)]
     out["HD95 (vox)"] = [_pm(m, s, 2) for m, s in zip(table.hd95, table.hd95_std)]
@@ -132,7 +136,9 @@ def test_subset_caption(plan: Mapping[str, Any]) -> str:
 
 
 def table_caption(plan: Mapping[str, Any], text: str) -> str:
-    conventions = (f"Split: {plan['split']}.{test_subset_caption(plan)} Labels warped by {plan['label_mode']}. "
+    conventions = (f"Split: {plan['split']}.{test_subset_caption(plan)} Labels warped by {plan['label_mode']} "
+                   "for Dice, ± and p; 'Dice nearest' (the OFG reference code's convention) and 'Dice one-hot' "
+                   "(TransMorph's: trilinear one-hot, argmax) give the mean under each. "
                    f"{dice_rule_caption(plan)} "
                    "Seeds are averaged per test pair; Dice ± over pairs is the std of per-pair mean Dice, ± over "
                    "seeds the std of the per-seed means, ± over structures×pairs the std over all (structure, pair) values; "

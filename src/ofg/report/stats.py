@@ -56,7 +56,7 @@ def paired_wilcoxon(a: pd.DataFrame, b: pd.DataFrame, column: str = "dice_mean")
     return float(wilcoxon(merged[f"{column}_a"], merged[f"{column}_b"]).pvalue), len(diff)
 
 
-SUMMARY_METRICS = ("folding_percent", "sdlogj_l2r", "sdlogj_plain", "hd95", "hd95_mm", "endpoint_error",
+SUMMARY_METRICS = ("dice_mean_nearest", "dice_mean_onehot", "folding_percent", "sdlogj_l2r", "sdlogj_plain", "hd95", "hd95_mm", "endpoint_error",
                    "inference_seconds")
 
 
