@@ -6,7 +6,7 @@ notebook run alone and a rule run by Snakemake use the same paths (:mod:`ofg.lay
 
 A :class:`Run` is one training run. Its id names the method and, for OFG, the number of optimiser
 steps: ``unsupervised``, ``ofg-k10``, ``self_training``, ``opt_self_training``; its seed is one of
-``training.seeds``. OFG with k = 0 steps is the unsupervised baseline, so the step ablation's k = 0 and
+``training.seeds`` (or the model's ``training.model_seeds``). OFG with k = 0 steps is the unsupervised baseline, so the step ablation's k = 0 and
 its k = ``ofg.steps`` reuse the main runs: nothing is trained twice. The main comparison (unsupervised
 and OFG on every dataset and model) runs every seed; the self-training comparison and the step
 ablation run the first seed only.
@@ -63,9 +63,11 @@ def ofg_run(dataset: str, model: str, steps: int, seed: int = 0) -> Run:
     return Run(dataset, model, "ofg", int(steps), seed)
 
 
-def seeds(config: Mapping[str, Any]) -> list[int]:
-    """The training seeds of the main comparison (``training.seeds``); the first serves the others."""
-    return [int(s) for s in config["training"]["seeds"]]
+def seeds(config: Mapping[str, Any], model: str | None = None) -> list[int]:
+    """The training seeds of the main comparison (``training.seeds``; for ``model``, its entry of
+    ``training.model_seeds`` where there is one); the first of ``training.seeds`` serves the others."""
+    per_model = (config["training"].get("model_seeds") or {}).get(model) if model is not None else None
+    return [int(s) for s in (per_model or config["training"]["seeds"])]
 
 
 def layout(config: Mapping[str, Any]) -> Layout:
@@ -116,7 +118,7 @@ def training_runs(config: Mapping[str, Any]) -> list[Run]:
     steps, first = config["ofg"]["steps"], seeds(config)[0]
     for name, entry in config["datasets"].items():
         for model in entry["models"]:
-            for seed in seeds(config):
+            for seed in seeds(config, model):
                 runs |= {Run(name, model, "unsupervised", seed=seed), ofg_run(name, model, steps, seed)}
     for name, model in _pairs(config["self_training"]):
         runs |= {Run(name, model, m, seed=first) for m in TEACHER_METHODS}

@@ -1,0 +1,58 @@
+"""Tests of ofg.budget: where a learning curve stops rising."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ofg.budget import main, plateau_iteration
+from ofg.io import DataError
+
+
+def test_a_saturating_curve_stops_rising_where_it_is_within_tolerance_of_its_best():
+    x = np.arange(100, 3100, 100)
+    y = 0.6 - 0.1 * np.exp(-x / 400.0)  # best 0.6 - 0.1 e^-7.5; within 0.02 once e^(-x/400) <= 0.2
+    expected = x[np.argmax(y >= y.max() - 0.02)]
+    assert plateau_iteration(x, y, tolerance=0.02, horizon=500) == expected == 700
+
+
+def test_noise_and_a_flat_start_do_not_fool_the_running_best():
+    x = np.arange(100, 2500, 100)
+    y = np.r_[np.full(8, 0.54), np.linspace(0.55, 0.62, 8), np.full(8, 0.62)]
+    y[5] = 0.50  # a bad epoch early on
+    y[20] = 0.58  # and one late: the running best ignores both
+    assert plateau_iteration(x, y, tolerance=0.02, horizon=500) == x[8 + 5]  # first running best >= 0.60
+
+
+def test_a_curve_still_rising_at_its_end_has_no_answer():
+    x = np.arange(100, 2500, 100)
+    assert plateau_iteration(x, 0.5 + x * 1e-4, tolerance=0.02, horizon=500) is None
+    assert plateau_iteration(x[:3], [0.5, 0.5, 0.5], horizon=500) is None  # shorter than the horizon
+    assert plateau_iteration(x, np.full(x.size, np.nan)) is None
+
+
+def test_bad_curves_are_refused():
+    with pytest.raises(ValueError, match="increase"):
+        plateau_iteration([200, 100], [0.5, 0.6])
+    with pytest.raises(ValueError, match="one non-zero length"):
+        plateau_iteration([100, 200], [0.5])
+    with pytest.raises(ValueError, match="tolerance"):
+        plateau_iteration([100, 200], [0.5, 0.6], tolerance=-1)
+
+
+def test_cli_prints_the_largest_plateau_and_names_a_bad_file(tmp_path, capsys):
+    epochs = np.arange(24)
+    fast = 0.6 - 0.1 * np.exp(-(epochs + 1) / 3.0)
+    slow = 0.6 - 0.1 * np.exp(-(epochs + 1) / 6.0)
+    for name, curve in (("fast", fast), ("slow", slow)):
+        pd.DataFrame({"epoch": epochs, "val_dice": curve}).to_csv(tmp_path / f"{name}.csv", index=False)
+    assert main([str(tmp_path / "fast.csv"), str(tmp_path / "slow.csv"), "--iterations-per-epoch", "100"]) == 0
+    out = capsys.readouterr().out
+    expected = max(plateau_iteration((epochs + 1) * 100, c) for c in (fast, slow))
+    assert f"iterations for every run: {expected}" in out
+    pd.DataFrame({"epoch": epochs}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match="bad.csv.*val_dice"):
+        main([str(tmp_path / "bad.csv"), "--iterations-per-epoch", "100"])
+    with pytest.raises(DataError, match="missing.csv"):
+        main([str(tmp_path / "missing.csv"), "--iterations-per-epoch", "100"])
