@@ -62,17 +62,31 @@ def test_run_ids_and_look_up_by_key():
 
 def test_seed_axis_runs_the_main_comparison_on_every_seed_and_the_rest_on_the_first():
     config = load_config("config.yaml")
-    config["training"]["seeds"] = [0, 1, 2]
+    assert config["training"]["seeds"] == [0, 1, 2] and config["training"]["model_seeds"] == {"lkunet": [0]}
     runs = ofg_plan.training_runs(config)
     main = {(r.dataset, r.model, r.id): set() for r in runs}
     for r in runs:
         main[(r.dataset, r.model, r.id)].add(r.seed)
     for (dataset, model, run_id), seeds in main.items():
-        expected = {0, 1, 2} if run_id in ("unsupervised", "ofg-k10") else {0}
-        assert seeds == expected, (dataset, model, run_id)
+        every = run_id in ("unsupervised", "ofg-k10") and model != "lkunet"
+        assert seeds == ({0, 1, 2} if every else {0}), (dataset, model, run_id)
+    for dataset in ("embedded-brain", "embedded-ct"):  # the main comparison: VoxelMorph, 3 seeds, both cohorts
+        assert main[(dataset, "voxelmorph", "unsupervised")] == main[(dataset, "voxelmorph", "ofg-k10")] == {0, 1, 2}
     student = ofg_plan.Run("embedded-brain", "voxelmorph", "self_training", seed=0)
     assert ofg_plan.run_config(config, student)["teacher"].endswith("unsupervised/seed-0/checkpoints/best.pt")
     assert ofg_plan.run_config(config, ofg_plan.Run("embedded-ct", "voxelmorph", "ofg", 10, 2))["seed"] == 2
+    # without model_seeds every model runs every seed
+    del config["training"]["model_seeds"]
+    assert {r.seed for r in ofg_plan.training_runs(config) if r.model == "lkunet"} == {0, 1, 2}
+
+
+def test_a_dataset_may_have_its_own_epochs():
+    config = load_config("config.yaml")
+    config["datasets"]["embedded-ct"]["epochs"] = 3
+    config["datasets"]["embedded-brain"].pop("epochs", None)
+    assert ofg_plan.run_config(config, ofg_plan.Run("embedded-ct", "voxelmorph", "unsupervised"))["epochs"] == 3
+    brain = ofg_plan.run_config(config, ofg_plan.Run("embedded-brain", "voxelmorph", "unsupervised"))
+    assert brain["epochs"] == config["training"]["epochs"]
 
 
 def test_training_runs_reuse_main_runs_in_ablation_and_self_training():
@@ -80,9 +94,9 @@ def test_training_runs_reuse_main_runs_in_ablation_and_self_training():
     runs = ofg_plan.training_runs(config)
     assert len(runs) == len(set(runs))
     brain_vm = {r.id for r in runs if (r.dataset, r.model) == ("embedded-brain", "voxelmorph")}
-    # k=0 is the baseline and k=10 the main OFG run: 4 main/self-training runs + k in {1,2,5,20}
+    # k=0 is the baseline and k=10 the main OFG run: 4 main/self-training runs + k in {1,5,20}
     assert brain_vm == {"unsupervised", "ofg-k10", "self_training", "opt_self_training",
-                        "ofg-k1", "ofg-k2", "ofg-k5", "ofg-k20"}
+                        "ofg-k1", "ofg-k5", "ofg-k20"}
     assert {r.id for r in runs if r.dataset == "embedded-ct"} == {"unsupervised", "ofg-k10"}
     assert {r.id for r in runs if r.model == "lkunet"} == {"unsupervised", "ofg-k10"}
 
@@ -212,7 +226,15 @@ def test_dry_run_default_config_plans_every_job_once(tmp_path):
     config = load_config("config.yaml")
     counts = job_counts(result.stdout)
     runs = ofg_plan.training_runs(config)
-    assert counts["train"] == len(runs) == 12
+    assert counts["train"] == len(runs) == 19
+    seeds = {(r.dataset, r.model, r.id): set() for r in runs}
+    for r in runs:
+        assert str(Layout(results).run(r.key).summary) in result.stdout
+        seeds[(r.dataset, r.model, r.id)].add(r.seed)
+    for dataset in ("embedded-brain", "embedded-ct"):  # the dry run lists 3 seeds of each main run
+        for run_id in ("unsupervised", "ofg-k10"):
+            assert seeds[(dataset, "voxelmorph", run_id)] == {0, 1, 2}
+            assert all(f"{dataset}/voxelmorph/{run_id}/seed-{s}/" in result.stdout for s in range(3))
     assert counts["evaluate"] == len(runs)
     assert counts["prepare_data"] == 2 and counts["refinement"] == 2 and counts["tables_and_figures"] == 1
     assert counts["baselines"] == 2

@@ -182,7 +182,8 @@ def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
     """The run config (see :mod:`ofg.config`) of ``run``, validated; the teacher of a self-training run
     is the best checkpoint of the same dataset and model's unsupervised run. The dataset's
     ``model_options`` of ``run.model`` become the model's constructor overrides (e.g. TransMorph's
-    per-dataset window); ``loss`` and ``ofg`` are :func:`protocol`'s."""
+    per-dataset window); ``loss`` and ``ofg`` are :func:`protocol`'s; ``datasets.<dataset>.epochs``, where
+    given, replaces ``training.epochs``."""
     entry = config["datasets"][run.dataset]
     train = config["training"]
     sections = protocol(config, run.dataset, run.model)
@@ -203,6 +204,7 @@ def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
     for key in ("epochs", "iterations_per_epoch", "val_pairs", "lr", "compile", "amp", "channels_last",
                 "num_workers"):
         out[key] = train[key]
+    out["epochs"] = entry.get("epochs") or train["epochs"]  # a dataset's own budget (its learning curves)
     out["seed"] = run.seed
     for key in ("bidirectional", "augment_flips"):
         out[key] = entry.get(key)
