@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ofg.budget import main, plateau_iteration
+from ofg.budget import main, plateau_iteration, stage_breakdown
+from ofg.layout import Layout, RunKey
 from ofg.io import DataError
 
 
@@ -47,12 +48,31 @@ def test_cli_prints_the_largest_plateau_and_names_a_bad_file(tmp_path, capsys):
     slow = 0.6 - 0.1 * np.exp(-(epochs + 1) / 6.0)
     for name, curve in (("fast", fast), ("slow", slow)):
         pd.DataFrame({"epoch": epochs, "val_dice": curve}).to_csv(tmp_path / f"{name}.csv", index=False)
-    assert main([str(tmp_path / "fast.csv"), str(tmp_path / "slow.csv"), "--iterations-per-epoch", "100"]) == 0
+    assert main(["curves", str(tmp_path / "fast.csv"), str(tmp_path / "slow.csv"), "--iterations-per-epoch", "100"]) == 0
     out = capsys.readouterr().out
     expected = max(plateau_iteration((epochs + 1) * 100, c) for c in (fast, slow))
     assert f"iterations for every run: {expected}" in out
     pd.DataFrame({"epoch": epochs}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(DataError, match="bad.csv.*val_dice"):
-        main([str(tmp_path / "bad.csv"), "--iterations-per-epoch", "100"])
+        main(["curves", str(tmp_path / "bad.csv"), "--iterations-per-epoch", "100"])
     with pytest.raises(DataError, match="missing.csv"):
-        main([str(tmp_path / "missing.csv"), "--iterations-per-epoch", "100"])
+        main(["curves", str(tmp_path / "missing.csv"), "--iterations-per-epoch", "100"])
+
+
+def test_stage_breakdown_sums_each_stage_of_the_benchmarks(tmp_path, capsys):
+    layout = Layout(tmp_path)
+    header = "s\th:m:s\tmax_rss\tmax_vms\n"
+    files = {layout.benchmark("train", *RunKey("d", "m", "unsupervised", "0").parts()): (30.0, 500),
+             layout.benchmark("train", *RunKey("d", "m", "ofg-k10", "0").parts()): (50.0, 700),
+             layout.benchmark("prepare", "d"): (5.0, "-")}
+    for path, (seconds, rss) in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + f"{seconds}\t0:00:00\t{rss}\t1\n")
+    table = stage_breakdown(tmp_path).set_index("stage")
+    assert table.loc["train", "jobs"] == 2 and table.loc["train", "total_s"] == 80 and table.loc["train", "longest_s"] == 50
+    assert table.loc["train", "max_rss_mb"] == 700 and np.isnan(table.loc["prepare", "max_rss_mb"])
+    assert list(table.index) == ["train", "prepare"]  # longest first
+    assert main(["rules", str(tmp_path)]) == 0
+    assert "summed job time 85 s over 3 jobs" in capsys.readouterr().out
+    with pytest.raises(DataError, match="no Snakemake benchmark"):
+        stage_breakdown(tmp_path / "empty")

@@ -12,8 +12,10 @@ The default tolerance, 0.02 Dice, is about twice the seed-to-seed standard devia
 validation Dice measured on the embedded brain (0.007-0.008 over 3 seeds at 600 iterations): smaller gains
 could not be told apart from a change of seed.
 
-``python -m ofg.budget --iterations-per-epoch N <history.csv>...`` prints each curve's answer and the
-largest, the iterations every run of the comparison gets (never chosen per method).
+``python -m ofg.budget curves --iterations-per-epoch N <history.csv>...`` prints each curve's answer and
+the largest, the iterations every run of the comparison gets (never chosen per method).
+``python -m ofg.budget rules <results>`` prints where a workflow run's time went: per stage, the jobs,
+their summed and longest wall time from Snakemake's ``benchmarks/`` files (:func:`stage_breakdown`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ofg.io import DataError, require_file
+from ofg.layout import Layout
 
 TOLERANCE = 0.02
 HORIZON = 500
@@ -64,13 +67,24 @@ def history_curve(path: str | Path, iterations_per_epoch: int) -> tuple[np.ndarr
     return (frame["epoch"].to_numpy() + 1) * iterations_per_epoch, frame["val_dice"].to_numpy(dtype=float)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ofg.budget", description=__doc__.split("\n\n")[0])
-    parser.add_argument("histories", nargs="+", help="history.csv files of the runs to compare")
-    parser.add_argument("--iterations-per-epoch", type=int, required=True)
-    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="Dice units (default %(default)s)")
-    parser.add_argument("--horizon", type=int, default=HORIZON, help="iterations (default %(default)s)")
-    args = parser.parse_args(argv)
+def stage_breakdown(results: str | Path) -> pd.DataFrame:
+    """Per stage folder of ``<results>/benchmarks`` (one Snakemake ``benchmark:`` TSV per job): the number
+    of jobs, their summed and longest wall seconds (column ``s``) and the largest max RSS (MB), sorted by
+    summed time; DataError naming the folder if it holds no benchmark."""
+    root = Layout(results).benchmarks
+    rows = []
+    for path in sorted(root.glob("*/**/*.tsv")):
+        frame = pd.read_csv(path, sep="\t")
+        rows.append({"stage": path.relative_to(root).parts[0], "s": float(frame["s"].iloc[-1]),
+                     "max_rss": float(pd.to_numeric(frame["max_rss"], errors="coerce").iloc[-1])})
+    if not rows:
+        raise DataError(f"no Snakemake benchmark files under {root}: run the workflow first")
+    table = pd.DataFrame(rows).groupby("stage").agg(jobs=("s", "size"), total_s=("s", "sum"), longest_s=("s", "max"),
+                                                   max_rss_mb=("max_rss", "max"))
+    return table.sort_values("total_s", ascending=False).reset_index()
+
+
+def _curves(args: argparse.Namespace) -> int:
     plateaus = []
     for path in args.histories:
         x, y = history_curve(path, args.iterations_per_epoch)
@@ -83,6 +97,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"iterations for every run: {max(plateaus)}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ofg.budget", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    curves = commands.add_parser("curves", help="where learning curves stop rising")
+    curves.add_argument("histories", nargs="+", help="history.csv files of the runs to compare")
+    curves.add_argument("--iterations-per-epoch", type=int, required=True)
+    curves.add_argument("--tolerance", type=float, default=TOLERANCE, help="Dice units (default %(default)s)")
+    curves.add_argument("--horizon", type=int, default=HORIZON, help="iterations (default %(default)s)")
+    rules = commands.add_parser("rules", help="wall time per workflow stage from benchmarks/")
+    rules.add_argument("results", help="the workflow's results folder")
+    args = parser.parse_args(argv)
+    if args.command == "rules":
+        table = stage_breakdown(args.results)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+        print(f"summed job time {table.total_s.sum():.0f} s over {table.jobs.sum()} jobs")
+        return 0
+    return _curves(args)
 
 
 if __name__ == "__main__":

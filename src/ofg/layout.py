@@ -130,9 +130,14 @@ class Layout:
     def baselines(self, dataset: str) -> Path:
         return self.root / "baselines" / f"{dataset}.csv"
 
+    @property
+    def benchmarks(self) -> Path:
+        """Folder of Snakemake's ``benchmark:`` files, one subfolder per stage."""
+        return self.root / "benchmarks"
+
     def benchmark(self, stage: str, *parts: str) -> Path:
         """``stage`` in :data:`NOTEBOOKS`; ``parts`` the dataset or, for a run, :meth:`RunKey.parts`."""
-        return self.root / "benchmarks" / stage / Path(*parts[:-1], f"{parts[-1]}.tsv")
+        return self.benchmarks / stage / Path(*parts[:-1], f"{parts[-1]}.tsv")
 
     def notebook(self, stage: str, *parts: str) -> Path:
         """Executed notebook of ``stage`` for ``parts`` (none for the single report notebook)."""

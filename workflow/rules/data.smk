@@ -6,6 +6,8 @@ rule prepare_data:
         manifest=LAYOUT.manifest("{dataset}"),
     log:
         notebook=LAYOUT.notebook("prepare", "{dataset}"),
+    benchmark:
+        LAYOUT.benchmark("prepare", "{dataset}")
     params:
         parameters=lambda wc: parameters(ofg_plan.prepare_parameters(config, wc.dataset)),
     threads: config["threads"]["prepare"]

@@ -13,6 +13,8 @@ rule tables_and_figures:
         reported(OUTPUTS),
     log:
         notebook=LAYOUT.notebook("report"),
+    benchmark:
+        LAYOUT.benchmark("report", "tables_and_figures")
     params:
         parameters=parameters({"plan": PLAN, "progress": False}),
     threads: config["threads"]["report"]
