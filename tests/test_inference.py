@@ -106,3 +106,17 @@ def test_mean_dice_skips_labels_absent_from_both_images(data):
     row = field_metrics(torch.from_numpy(data.ground_truth("test", 0))[None], pair.moving_label, pair.fixed_label,
                         labels, full=False)
     assert set(row) == {"dice_mean", "folding_percent", *(f"dice_{l}" for l in labels)}
+
+
+def test_hd95_in_mm_scales_isotropic_voxels_and_recomputes_anisotropic_ones(data):
+    from ofg.metrics import hd95, warp_labels
+    pair, labels = data.pairs("test")[0], list(data.labels)
+    disp = 0.5 * torch.from_numpy(data.ground_truth("test", 0))[None]
+    iso = field_metrics(disp, pair.moving_label, pair.fixed_label, labels, hd95=True, spacing=(2.0, 2.0, 2.0))
+    assert iso["hd95_mm"] == pytest.approx(2.0 * iso["hd95"], rel=1e-12) and iso["hd95"] > 0
+    spacing = (2.0, 1.0, 0.5)
+    aniso = field_metrics(disp, pair.moving_label, pair.fixed_label, labels, hd95=True, spacing=spacing)
+    warped = warp_labels(pair.moving_label, as_field(disp), None, mode="onehot")
+    expected = [hd95(warped == k, pair.fixed_label == k, spacing) for k in labels
+                if (warped == k).any() and (pair.fixed_label == k).any()]
+    assert aniso["hd95_mm"] == pytest.approx(np.mean(expected), rel=1e-12)

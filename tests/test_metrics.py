@@ -239,6 +239,16 @@ def test_hd95_closed_form_shifted_plate_and_cube(shift):
     assert hd95(cube, np.roll(cube, shift, axis=1)) == pytest.approx(shift)
 
 
+def test_hd95_of_small_structures_in_a_large_volume_equals_the_uncropped_oracle(rng):
+    # the distance transforms run on the masks' bounding box: the answer is the whole volume's
+    for _ in range(5):
+        a, b = np.zeros((30, 26, 22), bool), np.zeros((30, 26, 22), bool)
+        a[3:9, 4:10, 0:5] = rng.random((6, 6, 5)) > 0.3   # touching the array's border
+        b[5:12, 6:13, 2:8] = rng.random((7, 7, 6)) > 0.3
+        for spacing in ((1.0, 1.0, 1.0), (2.5, 1.0, 0.5)):
+            assert hd95(a, b, spacing) == pytest.approx(_brute_force_hd95(a, b, spacing), rel=1e-12)
+
+
 def test_hd95_empty_and_bad_inputs():
     mask = np.zeros((5, 5, 5), bool)
     full = mask.copy()

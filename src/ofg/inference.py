@@ -143,7 +143,8 @@ def _hd95(pred: np.ndarray, true: np.ndarray, labels: list[int], spacing: tuple[
         if not ((pred == label).any() and (true == label).any()):
             continue  # HD95 is undefined unless the structure is in both images
         vox.append(metrics.hd95(pred == label, true == label, spacing=(1.0, 1.0, 1.0)))
-        mm.append(metrics.hd95(pred == label, true == label, spacing=tuple(spacing)))
+        isotropic = len(set(spacing)) == 1  # distances, hence their percentile, scale with the voxel size
+        mm.append(vox[-1] * spacing[0] if isotropic else metrics.hd95(pred == label, true == label, spacing=tuple(spacing)))
     return {"hd95": float(np.mean(vox)) if vox else float("nan"),
             "hd95_mm": float(np.mean(mm)) if mm else float("nan")}
 
