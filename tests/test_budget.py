@@ -76,3 +76,21 @@ def test_stage_breakdown_sums_each_stage_of_the_benchmarks(tmp_path, capsys):
     assert "summed job time 85 s over 3 jobs" in capsys.readouterr().out
     with pytest.raises(DataError, match="no Snakemake benchmark"):
         stage_breakdown(tmp_path / "empty")
+
+
+def test_the_learning_curve_run_configs_are_valid_and_match_the_default_config():
+    from pathlib import Path
+
+    import yaml
+
+    from ofg.config import RunConfig
+
+    repo = Path(__file__).resolve().parents[1]
+    default = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    paths = sorted((repo / "config" / "curves").glob("*.yaml"))
+    assert [p.stem for p in paths] == ["brain-ofg", "brain-unsupervised", "ct-ofg", "ct-unsupervised"]
+    for path in paths:
+        run = RunConfig.from_dict(yaml.safe_load(path.read_text()))
+        assert run.lr == default["training"]["lr"] and run.val_pairs is None and run.seed == 0
+        assert run.val_label_mode == default["evaluation"]["label_mode"]
+        assert run.ofg.steps == default["ofg"]["steps"] and run.model.name == "voxelmorph"
