@@ -9,11 +9,18 @@ package, so that nothing else calls them.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ofg import fused, kernels
 from ofg.bench.timing import median_seconds, peak_bytes
 from ofg.guidance import refine
 from ofg.losses import ncc_loss
@@ -154,6 +161,41 @@ def _accuracy_lines(size: int, moving: torch.Tensor, fixed: torch.Tensor, disp: 
     return lines
 
 
+def numba_cold_compile_seconds() -> float:
+    """The first float32 :func:`ofg.kernels.refine` of a fresh process with an empty kernel cache: the compile."""
+    code = ("import time, torch; from ofg import kernels; x = torch.rand(1, 1, 6, 6, 6); start = time.perf_counter(); "
+            "kernels.refine(x, x, torch.zeros(1, 3, 6, 6, 6), 1, 0.1, 1.0, 3, None); print(time.perf_counter() - start)")
+    with tempfile.TemporaryDirectory() as cache:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "NUMBA_CACHE_DIR": cache})
+    return float(done.stdout.split()[-1])
+
+
+def _fused_rows(size: int, inputs: tuple[torch.Tensor, ...], naive: tuple[float, torch.Tensor, float], t_eager: float,
+                device: torch.device, repeats: int, widths: list[int]) -> str:
+    """Rows of the fused refinement (k=10) beside the eager one: torch.compile'd (:func:`ofg.fused.refine_compiled`,
+    the CUDA path) and, on CPU, the numba kernels (:func:`ofg.kernels.refine`); returns the summary line."""
+    t_naive, naive_field, m_naive = naive
+    paths = {"refine compiled": fused.refine_compiled} | ({"refine numba": kernels.refine} if device.type == "cpu" else {})
+    summary = f"{size:>5}  refine k=10: eager {t_eager:.4f} s"
+    for name, path in paths.items():
+        start = time.perf_counter()
+        field = path(*inputs, 10, 0.1, 1.0, 9, None)[0]
+        first = time.perf_counter() - start
+        seconds, _ = median_seconds(lambda: path(*inputs, 10, 0.1, 1.0, 9, None), device, repeats)
+        if path is kernels.refine:  # numpy workspaces, kept between calls: the profiler does not see them
+            memory = sum(a.nbytes for s in kernels._SAMPLES[(tuple(inputs[0].shape[2:]), inputs[2].dtype)]
+                         for a in vars(s).values() if isinstance(a, np.ndarray))
+        else:
+            memory = peak_bytes(lambda: path(*inputs, 2, 0.1, 1.0, 9, None), device)
+        diff = (field - naive_field).abs().flatten().double()
+        print(_row([f"{size}", name, f"{seconds:.4f}", f"{t_naive:.3f}", f"{t_naive / seconds:.1f}x",
+                    f"{memory / 2**20:.1f}", f"{m_naive / 2**20:.1f}", f"{m_naive / max(memory, 1):.2f}x",
+                    f"{diff.max().item():.1e}", f"{torch.quantile(diff[:2**24], 0.999).item():.1e}"], widths), flush=True)
+        summary += f", {name.split()[1]} {seconds:.4f} s ({t_eager / seconds:.1f}x; first call {first:.1f} s)"
+    return summary
+
+
 def run(args: argparse.Namespace) -> None:
     """Print the core table for every size in ``args.sizes`` on ``args.device``."""
     device, repeats = args.device, args.repeats
@@ -168,6 +210,7 @@ def run(args: argparse.Namespace) -> None:
     mib = 2.0 ** 20
     single_runs = False
     accuracy: list[str] = []
+    summaries: list[str] = []
     for size in cube_edges(args.sizes, DEFAULT_SIZES):
         moving, fixed, disp = make_inputs(size, device)
         warped = naive_warp(moving, disp)
@@ -199,11 +242,20 @@ def run(args: argparse.Namespace) -> None:
                     f"{t_naive / t_ours:.1f}x", f"{m_ours / mib:.1f}", f"{m_naive / mib:.1f}",
                     f"{m_naive / max(m_ours, 1):.2f}x", f"{field_diff.max().item():.1e}",
                     f"{torch.quantile(field_diff[:2**24], 0.999).item():.1e}"], widths), flush=True)
+        summaries.append(_fused_rows(size, (moving, fixed, disp), (t_naive, results[-1], m_naive), t_ours, device,
+                                     repeats, widths))
         if size <= getattr(args, "accuracy_max_size", 64):
             # a float64 naive refinement costs minutes on a CPU at 128^3: only at small sizes by default
             accuracy += _accuracy_lines(size, moving, fixed, disp, ours_field, results[-1])
     if single_runs:
         print("* a single run, not a median (--repeats 1, or the warm-up took over 30 s)")
+    print("Fused refinement (ofg.fused): the step compiled by torch.compile (the CUDA path) and, on CPU, the numba")
+    print("kernels (ofg.kernels; 'ours MiB' is their workspaces, numpy, kept between calls). Side by side, speed-up")
+    print("over the eager refinement and the first call (compile, or numba's load from its on-disk cache):")
+    for line in summaries:
+        print(line)
+    if device.type == "cpu":
+        print(f"numba kernels compiled from an empty cache in a fresh process: {numba_cold_compile_seconds():.1f} s")
     ncc_diff, refine_diff = _float64_check()
     print(f"float64 at 24^3, same formulas: max|diff| ncc loss+gradient {ncc_diff:.1e}, "
           f"refined field {refine_diff:.1e} voxels. The float32 field differences come from Adam's")
