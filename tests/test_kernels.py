@@ -121,3 +121,18 @@ def test_dispatch_cpu_dtypes_to_the_kernels_and_others_to_the_compiled_step(monk
     fused.refine(moving.bfloat16(), fixed.bfloat16(), disp.bfloat16(), 1, 0.1, 1.0, 3, None)
     fused.refine(moving.float(), fixed.float(), disp, 1, 0.1, 1.0, 3, None)  # mixed dtypes
     assert calls == ["kernels", "kernels", "compiled", "compiled"]
+
+
+def test_non_finite_displacements_give_nan_energies_not_a_crash():
+    """A NaN or infinite displacement must never become a memory index; the energies turn NaN as eagerly."""
+    moving, fixed, disp = pair()
+    disp[0, 0, 3, 4, 5], disp[0, 1, 2, 2, 2], disp[0, 2, 1, 1, 1] = float("nan"), float("inf"), -1e30
+    _, energies = refine(moving, fixed, disp, steps=2, fused=True)
+    _, expected = refine(moving, fixed, disp, steps=2)
+    assert np.isnan(energies).all() and np.isnan(expected).all()
+
+
+def test_even_windows_are_refused():
+    moving, fixed, disp = pair()
+    with pytest.raises(ValueError, match="odd"):
+        refine(moving, fixed, disp, steps=1, window=4, fused=True)

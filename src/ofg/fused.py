@@ -170,6 +170,8 @@ def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps:
     run :func:`ofg.kernels.refine`; others :func:`refine_compiled`."""
     if moving.ndim != 5:
         raise ValueError(f"fused refinement is 3-D only; got images of shape {tuple(moving.shape)}")
+    if not isinstance(window, int) or window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be a positive odd integer, got {window!r}")
     tensors = (moving, fixed, disp)
     if all(t.device.type == "cpu" and t.dtype == disp.dtype for t in tensors) and disp.dtype in kernels.DTYPES:
         return kernels.refine(moving, fixed, disp, steps, lr, reg_weight, window, callback)

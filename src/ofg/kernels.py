@@ -58,8 +58,9 @@ def _sample(padded, fixed, u, maps, d_warped):
                 pz, py, px = z + np.float64(u[0, z, y, x]), y + np.float64(u[1, z, y, x]), x + np.float64(u[2, z, y, x])
                 lz, ly, lx = np.floor(pz), np.floor(py), np.floor(px)
                 frac[0, x], frac[1, x], frac[2, x] = pz - lz, py - ly, px - lx
-                base[x] = ((np.int64(min(max(lz, -2.0), D + 0.0)) + 2) * sz
-                           + (np.int64(min(max(ly, -2.0), H + 0.0)) + 2) * sy + np.int64(min(max(lx, -2.0), W + 0.0)) + 2)
+                # max(−2, NaN) is −2 (Python's rule, which numba keeps): a NaN never becomes an index
+                base[x] = ((np.int64(min(D + 0.0, max(-2.0, lz))) + 2) * sz
+                           + (np.int64(min(H + 0.0, max(-2.0, ly))) + 2) * sy + np.int64(min(W + 0.0, max(-2.0, lx))) + 2)
             for x in range(W):  # the eight gathers, scalar
                 for k in range(8):
                     corners[k, x] = flat[base[x] + offsets[k]]
