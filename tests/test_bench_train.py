@@ -9,8 +9,9 @@ from ofg.bench.train import measure
 
 def test_measure_runs_the_training_step_of_each_method():
     ofg = measure("ofg", 16, torch.device("cpu"), repeats=1, steps=2)
+    ofg_fused = measure("ofg-fused", 16, torch.device("cpu"), repeats=1, steps=2)  # the numba kernels
     unsupervised = measure("unsupervised", 16, torch.device("cpu"), repeats=1)
-    assert ofg["refine_seconds"] > 0 and unsupervised["refine_seconds"] == 0
+    assert ofg["refine_seconds"] > 0 and ofg_fused["refine_seconds"] > 0 and unsupervised["refine_seconds"] == 0
     assert ofg["seconds"] >= ofg["refine_seconds"] and unsupervised["seconds"] > 0
 
 
@@ -26,6 +27,8 @@ def test_run_reports_each_path_and_the_ratios_for_another_model_and_size(capsys)
     out = capsys.readouterr().out
     assert "transmorph (small)" in out and "20x24x18 fast: OFG(k=10)/unsupervised time" in out
     assert "20x24x18 ofg: fast" in out
+    assert "20x24x18 fast: OFG(k=10, fused)/unsupervised time" in out
     for path in ("float32", "fast"):
         assert results[f"20x24x18/{path}/ofg"]["refine_seconds"] > 0
-        assert results[f"20x24x18/{path}/ratios"]["time"] > 0
+        assert results[f"20x24x18/{path}/ofg-fused"]["refine_seconds"] > 0
+        assert results[f"20x24x18/{path}/ratios"]["time"] > 0 and results[f"20x24x18/{path}/ratios-fused"]["time"] > 0

@@ -71,12 +71,13 @@ def test_adam_step_is_torch_adam_amsgrad():
         torch.testing.assert_close(p, reference, rtol=1e-14, atol=1e-14)
 
 
-def test_fused_refine_equals_the_eager_refine_in_float64(eager):
+def test_compiled_path_refine_equals_the_eager_refine_in_float64(eager):
+    """The torch step's loop (the CUDA path; on CPU ``refine(fused=True)`` runs ofg.kernels, tested there)."""
     moving, fixed, disp = pair(batch=2)
     steps_seen = []
     expected, expected_energies = refine(moving, fixed, disp, steps=6, lr=0.1, reg_weight=0.5, window=5)
-    got, energies = refine(moving, fixed, disp, steps=6, lr=0.1, reg_weight=0.5, window=5, fused=True,
-                           callback=lambda k, phi, e: steps_seen.append((k, phi.shape, e)))
+    got, energies = fused.refine_compiled(moving, fixed, disp, 6, 0.1, 0.5, 5,
+                                          lambda k, phi, e: steps_seen.append((k, phi.shape, e)))
     assert (got - expected).abs().max().item() < 1e-10
     assert np.allclose(energies, expected_energies, rtol=1e-12, atol=1e-14)
     assert [k for k, _, _ in steps_seen] == list(range(7)) and steps_seen[0][1] == disp.shape
@@ -94,6 +95,6 @@ def test_compiled_refinement_agrees_with_eager_in_float32():
     """torch.compile's generated code: the same iterates as the eager refinement up to float32 round-off."""
     moving, fixed, disp = pair(size=(16, 16, 16), dtype=torch.float32, scale=0.5)
     expected, expected_energies = refine(moving, fixed, disp, steps=4)
-    got, energies = refine(moving, fixed, disp, steps=4, fused=True)
+    got, energies = fused.refine_compiled(moving, fixed, disp, 4, 0.1, 1.0, 9, None)
     assert np.allclose(energies, expected_energies, rtol=1e-4)
     assert torch.quantile((got - expected).abs().flatten(), 0.999).item() < 1e-3

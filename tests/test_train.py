@@ -462,14 +462,12 @@ def test_fast_path_resumes_bitwise_and_auto_resolves_from_the_device(tmp_path):
 
 
 def test_fused_refinement_option_trains_and_resumes(tmp_path, monkeypatch):
-    """ofg.fused: true reaches the refinement (uncompiled here: compiling is the slow test of test_fused)."""
-    from ofg import fused
+    """ofg.fused: true reaches the fused refinement, on CPU the numba kernels (ofg.kernels)."""
+    from ofg import kernels
 
-    monkeypatch.setitem(fused._COMPILED, "refine_step", fused.refine_step)
-    monkeypatch.setitem(fused._COMPILED, "energy_and_gradient", fused.energy_and_gradient)
     calls = []
-    original = fused.refine_step
-    monkeypatch.setitem(fused._COMPILED, "refine_step", lambda *a: calls.append(1) or original(*a))
+    original = kernels.refine
+    monkeypatch.setattr(kernels, "refine", lambda *a: calls.append(1) or original(*a))
     config = resume_config(ofg={"steps": 2, "fused": True})
     reference = train(config, tmp_path / "straight", progress=False)
     assert calls

@@ -16,6 +16,11 @@ see the tests), only its order differs:
 - Adam(amsgrad) with PyTorch's update rule (betas 0.9, 0.999, eps 1e-8).
 
 One sample at a time: images (D,H,W), the field u (3,D,H,W) in voxels, channel i along axis i.
+
+These functions specify the step. :func:`refine` runs it where the tensors live: float32/float64 CPU
+tensors go to :mod:`ofg.kernels` (the same step as five parallel numba loop nests, compiled once and
+cached on disk), everything else (CUDA) to :func:`refine_compiled`, this module's step under
+``torch.compile``.
 """
 
 from __future__ import annotations
@@ -25,9 +30,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-BETAS = (0.9, 0.999)
-EPS = 1e-8
-NCC_EPS = 1e-5
+from ofg import kernels
+from ofg.kernels import BETAS, EPS, NCC_EPS
 
 
 def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -159,12 +163,25 @@ def compiled(name: str) -> Callable:
 
 
 def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps: int, lr: float,
-                  reg_weight: float, window: int,
-                  callback: Callable[[int, torch.Tensor, float], None] | None) -> tuple[torch.Tensor, list[float]]:
-    """:func:`ofg.guidance.refine` with :func:`refine_step`, compiled, one sample at a time (each is
-    refined alone, as in the eager refinement); same arguments and returns."""
+           reg_weight: float, window: int,
+           callback: Callable[[int, torch.Tensor, float], None] | None) -> tuple[torch.Tensor, list[float]]:
+    """:func:`ofg.guidance.refine` with this step, one sample at a time (each is refined alone, as in
+    the eager refinement); same arguments and returns. CPU tensors of one dtype, float32 or float64,
+    run :func:`ofg.kernels.refine`; others :func:`refine_compiled`."""
     if moving.ndim != 5:
         raise ValueError(f"fused refinement is 3-D only; got images of shape {tuple(moving.shape)}")
+    if not isinstance(window, int) or window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be a positive odd integer, got {window!r}")
+    tensors = (moving, fixed, disp)
+    if all(t.device.type == "cpu" and t.dtype == disp.dtype for t in tensors) and disp.dtype in kernels.DTYPES:
+        return kernels.refine(moving, fixed, disp, steps, lr, reg_weight, window, callback)
+    return refine_compiled(moving, fixed, disp, steps, lr, reg_weight, window, callback)
+
+
+def refine_compiled(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps: int, lr: float,
+                    reg_weight: float, window: int,
+                    callback: Callable[[int, torch.Tensor, float], None] | None) -> tuple[torch.Tensor, list[float]]:
+    """:func:`refine` with :func:`refine_step` under ``torch.compile`` (any device; the CUDA path)."""
     step_fn, energy_fn = compiled("refine_step"), compiled("energy_and_gradient")
     with torch.no_grad():
         samples = []

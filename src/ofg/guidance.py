@@ -54,8 +54,9 @@ class RefineSettings:
     window: int = 9
     image: str = "ncc"
     regularizer: str = "grad_l2"
-    #: run each step as one compiled function (:mod:`ofg.fused`): the same energy and Adam update,
-    #: summed in another order (float32 iterates differ by round-off); 3-D only
+    #: run each step as a few fused loops (:mod:`ofg.fused`): numba kernels on CPU (:mod:`ofg.kernels`),
+    #: ``torch.compile`` elsewhere; the same energy and Adam update, summed in another order (float32
+    #: iterates differ by round-off); NCC + grad_l2 and 3-D only
     fused: bool = False
 
     def kwargs(self) -> dict[str, Any]:
@@ -209,8 +210,10 @@ def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps:
     k steps and its batch-mean energy, so one refinement can be monitored step by step (the
     Adam state persists across steps, so re-running with fewer steps is not the same thing).
 
-    ``fused`` runs each step as one compiled function (:mod:`ofg.fused`, 3-D only): the first call
-    per image size compiles (tens of seconds on CPU), later calls are several times faster.
+    ``fused`` runs each step as a few fused loops (:mod:`ofg.fused`, NCC + grad_l2, 3-D only): float32
+    and float64 CPU tensors run :mod:`ofg.kernels` (numba; compiled once per dtype and cached on disk),
+    other devices the step under ``torch.compile`` (the first call per image size compiles). Either is
+    several times faster than the eager loop.
     """
     _check_inputs(moving, fixed, disp)
     if not isinstance(steps, int) or steps < 0:

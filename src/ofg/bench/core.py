@@ -9,16 +9,19 @@ package, so that nothing else calls them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ofg import fused, kernels
+from ofg.bench.timing import median_seconds, peak_bytes
 from ofg.guidance import refine
 from ofg.losses import ncc_loss
 
@@ -80,77 +83,6 @@ def naive_refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, 
         energy.backward()
         optimiser.step()
     return phi.detach()
-
-
-# ----------------------------------------------------------------------------------------------
-# measurement helpers
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence the profiler's native start/stop lines, which are written straight to fd 2."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int,
-                   slow_seconds: float = 30.0) -> tuple[float, int]:
-    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up run; also the run count.
-
-    When the warm-up alone takes longer than ``slow_seconds`` (the naive formulations at 128^3 on
-    a CPU), that run is the only sample: its one-off start-up cost is negligible at that scale.
-    """
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    first = time.perf_counter() - start
-    if first > slow_seconds:
-        return first, 1
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), repeats
-
-
-def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak memory allocated by tensors while ``fn`` runs, above what was allocated before.
-
-    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the running sum of the profiler's
-    allocation/free records (``profile_memory=True``), so only tensor memory counts.
-    """
-    if device.type == "cuda":
-        _sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        _sync(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    from torch.profiler import ProfilerActivity, profile
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    records = sorted((event.start_ns(), event.nbytes()) for event in prof.profiler.kineto_results.events()
-                     if event.name() == "[memory]")
-    current = peak = 0
-    for _, nbytes in records:
-        current += nbytes
-        peak = max(peak, current)
-    return peak
 
 
 def _smooth_noise(shape: tuple[int, ...], generator: torch.Generator, passes: int = 2) -> torch.Tensor:
@@ -229,6 +161,41 @@ def _accuracy_lines(size: int, moving: torch.Tensor, fixed: torch.Tensor, disp: 
     return lines
 
 
+def numba_cold_compile_seconds() -> float:
+    """The first float32 :func:`ofg.kernels.refine` of a fresh process with an empty kernel cache: the compile."""
+    code = ("import time, torch; from ofg import kernels; x = torch.rand(1, 1, 6, 6, 6); start = time.perf_counter(); "
+            "kernels.refine(x, x, torch.zeros(1, 3, 6, 6, 6), 1, 0.1, 1.0, 3, None); print(time.perf_counter() - start)")
+    with tempfile.TemporaryDirectory() as cache:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "NUMBA_CACHE_DIR": cache})
+    return float(done.stdout.split()[-1])
+
+
+def _fused_rows(size: int, inputs: tuple[torch.Tensor, ...], naive: tuple[float, torch.Tensor, float], t_eager: float,
+                device: torch.device, repeats: int, widths: list[int]) -> str:
+    """Rows of the fused refinement (k=10) beside the eager one: torch.compile'd (:func:`ofg.fused.refine_compiled`,
+    the CUDA path) and, on CPU, the numba kernels (:func:`ofg.kernels.refine`); returns the summary line."""
+    t_naive, naive_field, m_naive = naive
+    paths = {"refine compiled": fused.refine_compiled} | ({"refine numba": kernels.refine} if device.type == "cpu" else {})
+    summary = f"{size:>5}  refine k=10: eager {t_eager:.4f} s"
+    for name, path in paths.items():
+        start = time.perf_counter()
+        field = path(*inputs, 10, 0.1, 1.0, 9, None)[0]
+        first = time.perf_counter() - start
+        seconds, _ = median_seconds(lambda: path(*inputs, 10, 0.1, 1.0, 9, None), device, repeats)
+        if path is kernels.refine:  # numpy workspaces, kept between calls: the profiler does not see them
+            memory = sum(a.nbytes for s in kernels._SAMPLES[(tuple(inputs[0].shape[2:]), inputs[2].dtype)]
+                         for a in vars(s).values() if isinstance(a, np.ndarray))
+        else:
+            memory = peak_bytes(lambda: path(*inputs, 2, 0.1, 1.0, 9, None), device)
+        diff = (field - naive_field).abs().flatten().double()
+        print(_row([f"{size}", name, f"{seconds:.4f}", f"{t_naive:.3f}", f"{t_naive / seconds:.1f}x",
+                    f"{memory / 2**20:.1f}", f"{m_naive / 2**20:.1f}", f"{m_naive / max(memory, 1):.2f}x",
+                    f"{diff.max().item():.1e}", f"{torch.quantile(diff[:2**24], 0.999).item():.1e}"], widths), flush=True)
+        summary += f", {name.split()[1]} {seconds:.4f} s ({t_eager / seconds:.1f}x; first call {first:.1f} s)"
+    return summary
+
+
 def run(args: argparse.Namespace) -> None:
     """Print the core table for every size in ``args.sizes`` on ``args.device``."""
     device, repeats = args.device, args.repeats
@@ -243,6 +210,7 @@ def run(args: argparse.Namespace) -> None:
     mib = 2.0 ** 20
     single_runs = False
     accuracy: list[str] = []
+    summaries: list[str] = []
     for size in cube_edges(args.sizes, DEFAULT_SIZES):
         moving, fixed, disp = make_inputs(size, device)
         warped = naive_warp(moving, disp)
@@ -274,11 +242,20 @@ def run(args: argparse.Namespace) -> None:
                     f"{t_naive / t_ours:.1f}x", f"{m_ours / mib:.1f}", f"{m_naive / mib:.1f}",
                     f"{m_naive / max(m_ours, 1):.2f}x", f"{field_diff.max().item():.1e}",
                     f"{torch.quantile(field_diff[:2**24], 0.999).item():.1e}"], widths), flush=True)
+        summaries.append(_fused_rows(size, (moving, fixed, disp), (t_naive, results[-1], m_naive), t_ours, device,
+                                     repeats, widths))
         if size <= getattr(args, "accuracy_max_size", 64):
             # a float64 naive refinement costs minutes on a CPU at 128^3: only at small sizes by default
             accuracy += _accuracy_lines(size, moving, fixed, disp, ours_field, results[-1])
     if single_runs:
         print("* a single run, not a median (--repeats 1, or the warm-up took over 30 s)")
+    print("Fused refinement (ofg.fused): the step compiled by torch.compile (the CUDA path) and, on CPU, the numba")
+    print("kernels (ofg.kernels; 'ours MiB' is their workspaces, numpy, kept between calls). Side by side, speed-up")
+    print("over the eager refinement and the first call (compile, or numba's load from its on-disk cache):")
+    for line in summaries:
+        print(line)
+    if device.type == "cpu":
+        print(f"numba kernels compiled from an empty cache in a fresh process: {numba_cold_compile_seconds():.1f} s")
     ncc_diff, refine_diff = _float64_check()
     print(f"float64 at 24^3, same formulas: max|diff| ncc loss+gradient {ncc_diff:.1e}, "
           f"refined field {refine_diff:.1e} voxels. The float32 field differences come from Adam's")

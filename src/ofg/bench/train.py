@@ -2,7 +2,9 @@
 
 An iteration is one call of :class:`ofg.train.Step` (forward, loss, backward, Adam step), the code
 path of real training, for a small VoxelMorph, batch 1, at each size (default: the embedded cohorts'
-48×64×48 brain and 64×64×48 CT). Each size is timed on two paths side by side:
+48×64×48 brain and 64×64×48 CT). OFG is timed twice: with the eager refinement (``ofg``) and with
+``ofg.fused: true`` (``ofg-fused``: the numba kernels on CPU, ``torch.compile`` on CUDA; the one-off
+compile falls in the warm-up). Each size is timed on two paths side by side:
 
 - ``float32``: everything in float32, contiguous memory;
 - ``fast``: the network in channels-last (``channels_last_3d``) under bfloat16 autocast; the losses,
@@ -42,7 +44,8 @@ from ofg.runtime import bf16_is_fast, synchronize
 from ofg.train import Step, build_network
 
 SHAPES = ((48, 64, 48), (64, 64, 48))
-METHODS = ("unsupervised", "ofg")
+#: ofg-fused: OFG with ``ofg.fused: true`` (numba kernels on CPU, torch.compile on CUDA)
+METHODS = ("unsupervised", "ofg", "ofg-fused")
 TIME_TARGET = 1.25
 MEMORY_TARGET = 1.5
 
@@ -68,9 +71,10 @@ def measure(method: str, shape: int | tuple[int, int, int], device: torch.device
     """Median seconds per iteration and peak memory (MiB) of ``method`` on ``path`` (module docstring)."""
     shape = (shape,) * 3 if isinstance(shape, int) else tuple(shape)
     fast = path.startswith("fast")
-    config = RunConfig.from_dict({"method": method, "model": {"name": model_name, "size": model_size},
-                                  "ofg": {"steps": steps}, "epochs": 1, "amp": fast, "channels_last": fast,
-                                  "compile": path.endswith("compiled")})
+    config = RunConfig.from_dict({"method": method.removesuffix("-fused"),
+                                  "model": {"name": model_name, "size": model_size},
+                                  "ofg": {"steps": steps, "fused": method.endswith("-fused")}, "epochs": 1,
+                                  "amp": fast, "channels_last": fast, "compile": path.endswith("compiled")})
     torch.manual_seed(0)
     model = build_network(config, shape).to(device).train()
     if fast:
@@ -144,12 +148,14 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                 results[f"{label}/{path}/{method}"] = r
                 print(f"{label:<10}{path:<9}{method:<14}{r['seconds']:>9.4f}{r['refine_seconds']:>10.4f}"
                       f"{r['peak_mb']:>10.1f}{r['total_peak_mb']:>11.1f}")
-        for path in paths:
-            base, ofg = results[f"{label}/{path}/unsupervised"], results[f"{label}/{path}/ofg"]
+        for path, method in ((path, method) for path in paths for method in METHODS[1:]):
+            base, ofg = results[f"{label}/{path}/unsupervised"], results[f"{label}/{path}/{method}"]
             time_ratio = ofg["seconds"] / base["seconds"]
             memory_ratio = ofg["peak_mb"] / base["peak_mb"] if base["peak_mb"] > 0 else float("nan")
-            results[f"{label}/{path}/ratios"] = {"time": time_ratio, "memory": memory_ratio}
-            print(f"{label} {path}: OFG(k=10)/unsupervised time {time_ratio:.2f}x (target <= {TIME_TARGET}x: "
+            key = f"{label}/{path}/ratios" + ("" if method == "ofg" else "-fused")
+            results[key] = {"time": time_ratio, "memory": memory_ratio}
+            name = "OFG(k=10)" if method == "ofg" else "OFG(k=10, fused)"
+            print(f"{label} {path}: {name}/unsupervised time {time_ratio:.2f}x (target <= {TIME_TARGET}x: "
                   f"{_verdict(time_ratio, TIME_TARGET)}), peak memory {memory_ratio:.2f}x (target <= "
                   f"{MEMORY_TARGET}x: {_verdict(memory_ratio, MEMORY_TARGET)})")
         for path in paths[1:] if paths[0] == "float32" else []:
