@@ -136,3 +136,12 @@ def test_even_windows_are_refused():
     moving, fixed, disp = pair()
     with pytest.raises(ValueError, match="odd"):
         refine(moving, fixed, disp, steps=1, window=4, fused=True)
+
+
+def test_workspaces_are_kept_only_when_small(monkeypatch):
+    kernels.refine(*pair(), 1, 0.1, 1.0, 3, None)
+    assert kernels._SAMPLES  # 31 volumes of 12·14·10 float64 voxels: kept for the next call
+    monkeypatch.setattr(kernels, "KEEP_BYTES", 31 * 12 * 14 * 10 * 8 - 1)
+    expected, _ = kernels.refine(*pair(), 1, 0.1, 1.0, 3, None)
+    assert not kernels._SAMPLES
+    assert torch.equal(kernels.refine(*pair(), 1, 0.1, 1.0, 3, None)[0], expected)

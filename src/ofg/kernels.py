@@ -268,6 +268,7 @@ class Sample:
 
 
 _SAMPLES: dict[tuple, list[Sample]] = {}  # the workspaces of the latest (shape, dtype)
+KEEP_BYTES = 2**28  #: workspaces over this size are freed after the call
 
 
 def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps: int, lr: float,
@@ -291,6 +292,8 @@ def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps:
             callback(step, torch.stack([torch.from_numpy(s.out) for s in work]), energies[-1])
     energies.append(float(np.mean([sample.energy() for sample in work])))
     phi = torch.stack([torch.from_numpy(sample.u) for sample in work])
+    if 31 * work[0].fixed.nbytes * len(work) > KEEP_BYTES:  # 31 volumes per sample
+        _SAMPLES.clear()
     if callback is not None:
         callback(steps, phi, energies[-1])
     return phi, energies
