@@ -165,3 +165,8 @@ def test_checkpoint_evaluation_and_cli(tmp_path, monkeypatch):
     assert (pd.read_csv(tmp_path / "both.csv")["dice_rule"] == "both").all()
     assert main([str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.csv"), "--no-progress"]) == 1
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_device_auto_is_resolved(data):
+    auto = evaluate(Oracle(data, "test"), data, "test", device="auto", progress=False)
+    assert len(auto) == len(data.pairs("test"))

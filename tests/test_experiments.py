@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import pandas as pd
 import torch
 
 import synthetic
@@ -83,3 +84,13 @@ def test_window_and_label_mode_reach_the_curve(data):
     assert nearest.dice[0] == pytest.approx(expected, abs=0.02)
     with pytest.raises(ValueError, match="label_mode"):
         refinement_curve(data, "voxelmorph", "small", label_mode="linear", **common)
+
+
+def test_device_auto_is_resolved_like_the_trainer_does(data):
+    """The workflow passes the config's device ("auto" by default) to every stage."""
+    auto = refinement_curve(data, "voxelmorph", "small", settings=RefineSettings(steps=2), n_pairs=1, device="auto",
+                            progress=False)
+    cpu = refinement_curve(data, "voxelmorph", "small", settings=RefineSettings(steps=2), n_pairs=1, device="cpu",
+                           progress=False)
+    if not torch.cuda.is_available():
+        pd.testing.assert_frame_equal(auto, cpu)

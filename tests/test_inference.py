@@ -120,3 +120,8 @@ def test_hd95_in_mm_scales_isotropic_voxels_and_recomputes_anisotropic_ones(data
     expected = [hd95(warped == k, pair.fixed_label == k, spacing) for k in labels
                 if (warped == k).any() and (pair.fixed_label == k).any()]
     assert aniso["hd95_mm"] == pytest.approx(np.mean(expected), rel=1e-12)
+
+
+def test_validation_resolves_device_auto(data):
+    oracle = Oracle(data, "test", scale=0.5)
+    assert validation_scores(oracle, data, "test", device="auto") == validation_scores(oracle, data, "test")

@@ -67,7 +67,7 @@ def evaluate(model: torch.nn.Module, dataset: Any, split: str = "test", *, label
         raise ValueError(f"dice_rule must be one of {DICE_RULES}, got {dice_rule!r}")
     if refine_settings is not None and (not isinstance(refine_settings.steps, int) or refine_settings.steps < 0):
         raise ValueError(f"refinement steps must be a non-negative integer, got {refine_settings.steps!r}")
-    device = torch.device(device) if device is not None else device_of(model)
+    device = resolve_device(device) if device is not None else device_of(model)
     pairs = dataset.pairs(split)
     count = len(pairs) if max_pairs is None else min(len(pairs), max_pairs)
     labels = [int(label) for label in dataset.labels]

@@ -23,6 +23,7 @@ from ofg.guidance import RefineSettings, refine
 from ofg.inference import as_field, check_label_mode, mean_dice, pair_tensors, predict
 from ofg.io import atomic_path
 from ofg.models import build_model
+from ofg.runtime import resolve_device
 
 STARTS = ("untrained", "random")
 COLUMNS = ["start", "pair", "step", "dice", "energy"]
@@ -82,7 +83,7 @@ def refinement_curve(dataset: Any, model_name: str, model_size: str = "small", *
     if not isinstance(n_pairs, int) or n_pairs < 1:
         raise ValueError(f"n_pairs must be a positive integer, got {n_pairs!r}")
     check_label_mode(label_mode)
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    device = resolve_device(device) if device is not None else torch.device("cpu")
     pairs = dataset.pairs(split)
     count = min(n_pairs, len(pairs))
     if count == 0:

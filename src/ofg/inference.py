@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ofg import metrics
 from ofg.data.base import check_split
-from ofg.runtime import AMP_DTYPE, synchronize
+from ofg.runtime import AMP_DTYPE, resolve_device, synchronize
 from ofg.spatial import warp
 
 LABEL_MODES = metrics.LABEL_MODES
@@ -158,7 +158,7 @@ def validation_scores(model: torch.nn.Module, dataset: Any, split: str = "val", 
     ``model`` runs in eval mode and is put back in its previous mode.
     """
     check_split(split)
-    device = torch.device(device) if device is not None else device_of(model)
+    device = resolve_device(device) if device is not None else device_of(model)
     pairs = dataset.pairs(split)
     count = len(pairs) if max_pairs is None else min(len(pairs), max_pairs)
     labels = [int(label) for label in dataset.labels]
