@@ -94,3 +94,17 @@ def test_the_learning_curve_run_configs_are_valid_and_match_the_default_config()
         assert run.lr == default["training"]["lr"] and run.val_pairs is None and run.seed == 0
         assert run.val_label_mode == default["evaluation"]["label_mode"]
         assert run.ofg.steps == default["ofg"]["steps"] and run.model.name == "voxelmorph"
+
+
+def test_history_iterations_column_counts_capped_and_bidirectional_epochs(tmp_path):
+    from ofg.budget import history_curve
+
+    # 40 train pairs cap a 100-iteration epoch at 40; a bidirectional epoch of 100 pairs holds 200 steps
+    pd.DataFrame({"epoch": [0, 1, 2], "iterations": [40, 40, 40], "val_dice": [0.5, 0.6, 0.6]}).to_csv(
+        tmp_path / "h.csv", index=False)
+    x, y = history_curve(tmp_path / "h.csv", iterations_per_epoch=100)
+    assert x.tolist() == [40, 80, 120] and y.tolist() == [0.5, 0.6, 0.6]
+    pd.DataFrame({"epoch": [0, 1], "val_dice": [0.5, 0.6]}).to_csv(tmp_path / "old.csv", index=False)
+    assert history_curve(tmp_path / "old.csv", 100)[0].tolist() == [100, 200]
+    with pytest.raises(DataError, match="old.csv.*iterations-per-epoch"):
+        history_curve(tmp_path / "old.csv")

@@ -12,8 +12,8 @@ The default tolerance, 0.02 Dice, is about twice the seed-to-seed standard devia
 validation Dice measured on the embedded brain (0.007-0.008 over 3 seeds at 600 iterations): smaller gains
 could not be told apart from a change of seed.
 
-``python -m ofg.budget curves --iterations-per-epoch N <history.csv>...`` prints each curve's answer and
-the largest, the iterations every run of the comparison gets (never chosen per method).
+``python -m ofg.budget curves <history.csv>...`` prints each curve's answer (in iterations and epochs)
+and the largest, the budget every run of the comparison gets (never chosen per method).
 ``python -m ofg.budget rules <results>`` prints where a workflow run's time went: per stage, the jobs,
 their summed and longest wall time from Snakemake's ``benchmarks/`` files (:func:`stage_breakdown`).
 """
@@ -59,12 +59,21 @@ def plateau_iteration(iterations: Sequence[int], val_dice: Sequence[float], tole
     return int(x[np.argmax(best >= best[-1] - tolerance)])
 
 
-def history_curve(path: str | Path, iterations_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(iterations, val_dice) of a run's ``history.csv``; DataError naming the file if it has no curve."""
+def history_curve(path: str | Path, iterations_per_epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(iterations done, val_dice) after each epoch of a run's ``history.csv``: the running sum of its
+    ``iterations`` column (an epoch is capped by the train pairs there are, so it may hold fewer than
+    ``iterations_per_epoch``), or (``epoch`` + 1)·``iterations_per_epoch`` for a history without it.
+    DataError naming the file if it has no curve."""
     frame = pd.read_csv(require_file(path, "training history"))
     if not {"epoch", "val_dice"} <= set(frame.columns):
         raise DataError(f"{path}: a training history needs 'epoch' and 'val_dice' columns, has {list(frame.columns)}")
-    return (frame["epoch"].to_numpy() + 1) * iterations_per_epoch, frame["val_dice"].to_numpy(dtype=float)
+    if "iterations" in frame:
+        done = frame["iterations"].cumsum().to_numpy()
+    elif iterations_per_epoch is not None:
+        done = (frame["epoch"].to_numpy() + 1) * iterations_per_epoch
+    else:
+        raise DataError(f"{path}: no 'iterations' column; give --iterations-per-epoch")
+    return done, frame["val_dice"].to_numpy(dtype=float)
 
 
 def stage_breakdown(results: str | Path) -> pd.DataFrame:
@@ -91,7 +100,9 @@ def _curves(args: argparse.Namespace) -> int:
         plateau = plateau_iteration(x, y, args.tolerance, args.horizon)
         plateaus.append(plateau)
         shown = plateau if plateau is not None else f"none within {int(x[-1])}"
-        print(f"{path}: plateau {shown}; best val Dice {np.nanmax(y):.3f} at {int(x[np.nanargmax(y)])}")
+        epoch = int(np.searchsorted(x, plateau)) + 1 if plateau is not None else None
+        print(f"{path}: plateau {shown}" + (f" (epoch {epoch})" if epoch else "")
+              + f"; best val Dice {np.nanmax(y):.3f} at {int(x[np.nanargmax(y)])}")
     if any(p is None for p in plateaus):
         print("some curve is still rising at its end: train longer to find its plateau")
         return 1
@@ -104,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     curves = commands.add_parser("curves", help="where learning curves stop rising")
     curves.add_argument("histories", nargs="+", help="history.csv files of the runs to compare")
-    curves.add_argument("--iterations-per-epoch", type=int, required=True)
+    curves.add_argument("--iterations-per-epoch", type=int, default=None,
+                        help="only for histories without an 'iterations' column")
     curves.add_argument("--tolerance", type=float, default=TOLERANCE, help="Dice units (default %(default)s)")
     curves.add_argument("--horizon", type=int, default=HORIZON, help="iterations (default %(default)s)")
     rules = commands.add_parser("rules", help="wall time per workflow stage from benchmarks/")
