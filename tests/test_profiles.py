@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_workflow import REPO, snakemake
+
+from ofg import plan as ofg_plan
 
 SLURM_PROFILE = REPO / "profiles" / "slurm"
 STUB = """#!/bin/sh
@@ -58,7 +59,8 @@ def test_slurm_profile_dry_run_takes_threads_and_gpus_from_the_config(tmp_path):
     result = snakemake(*profile, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     train = rule_blocks(result.stdout, "train")
-    assert len(train) == 12
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert len(train) == len(ofg_plan.training_runs(config)) == 19
     for block in train:  # config/config.yaml: threads.train 4, gpus_per_training 0
         assert re.search(r"resources: .*mem_mb=64000.*runtime=2880.*gpu=0", block), block
         assert "threads: 4" in block
