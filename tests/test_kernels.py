@@ -6,17 +6,15 @@ import numba
 import numpy as np
 import pytest
 import torch
+from test_fused import pair as fused_pair
 
 from ofg import fused, kernels
 from ofg.guidance import refine
 
 
-def pair(size=(12, 14, 10), batch=1, dtype=torch.float64, scale=1.2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    moving = torch.nn.functional.avg_pool3d(torch.rand(batch, 1, *size, generator=g), 3, 1, 1).to(dtype)
-    fixed = torch.roll(moving, (1, -1, 1), (2, 3, 4))
-    disp = (torch.randn(batch, 3, *size, generator=g) * scale).to(dtype)  # some points leave the volume
-    return moving, fixed, disp
+def pair(size=(12, 14, 10), **options):
+    """test_fused's random pair, at a size whose axes all differ from test_fused's default."""
+    return fused_pair(size, **options)
 
 
 def spec_energy_and_gradient(moving, fixed, disp, reg_weight, window):
