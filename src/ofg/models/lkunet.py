@@ -14,6 +14,12 @@ The reference also builds a second, unused output conv (for the inverse directio
 in its forward); it is counted in the published parameter number, so ``inverse_head=True`` keeps it
 (it never receives gradients).
 
+Under autocast, a large-kernel conv whose input is shorter than its kernel along some axis (the
+deepest level of a small volume: 3x4x3 at 48x64x48 against a 5^3 kernel) runs in float32
+(:class:`LargeKernelConv`): PyTorch 2.13's CPU bfloat16 conv weight gradient is wrong there
+(measured: wrong in every trial at kernel 5 on 3x4x3, non-finite in a third of them), which made the
+small LKU-Net's training loss NaN within 60 iterations on the fast path.
+
 Trainable parameters (measured): paper (start channel 8, with the unused head) 2,087,638
 (2,086,342 without it); small (start channel 4, no unused head) 522,302. Independent of img_size.
 """
@@ -43,12 +49,27 @@ class LargeKernelBlock(nn.Module):
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"lkunet: kernel must be a positive odd integer, got {kernel}")
         self.regular = nn.Conv3d(channels, channels, 3, padding=1)
-        self.large = nn.Conv3d(channels, channels, kernel, padding=kernel // 2)
+        self.large = LargeKernelConv(channels, channels, kernel, padding=kernel // 2)
         self.point = nn.Conv3d(channels, channels, 1)
         self.act = nn.PReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.regular(x) + self.large(x) + self.point(x) + x)
+
+
+class LargeKernelConv(nn.Conv3d):
+    """A same-padded Conv3d that leaves autocast (runs in float32) when an input axis is shorter than
+    its kernel: (B,C,D,H,W) -> (B,C',D,H,W), float32 in that case, else autocast's dtype as usual.
+
+    That layer is tiny (it only happens at the coarsest level), so the float32 costs nothing measurable.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shorter = any(n < k for n, k in zip(x.shape[2:], self.kernel_size))
+        if shorter and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
 
 
 def up_prelu(channels: int) -> nn.Sequential:
