@@ -381,13 +381,19 @@ def test_use_threads_never_exceeds_the_cores_this_process_may_use():
 
     import torch
 
-    from ofg.runtime import use_threads
+    from ofg.runtime import ITK_THREADS, use_threads
 
-    before = torch.get_num_threads()
+    before, itk = torch.get_num_threads(), os.environ.get(ITK_THREADS)
     try:
         available = len(os.sched_getaffinity(0))
         assert use_threads(available + 8) == available == torch.get_num_threads()
+        assert os.environ[ITK_THREADS] == str(available)
         assert use_threads(1) == 1 == torch.get_num_threads()
+        assert os.environ[ITK_THREADS] == "1"
         assert use_threads(0) == 1
     finally:
         torch.set_num_threads(before)
+        if itk is None:
+            os.environ.pop(ITK_THREADS, None)
+        else:
+            os.environ[ITK_THREADS] = itk

@@ -14,6 +14,8 @@ import torch
 
 #: dtype of the network forward under ``amp`` (losses and warps stay float32)
 AMP_DTYPE = torch.bfloat16
+# ITK's thread count, read when ANTsPy first runs a filter
+ITK_THREADS = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -37,11 +39,14 @@ def use_threads(threads: int) -> int:
     """Give torch ``threads`` CPU threads, but never more than this process may run on; return the count.
 
     Snakemake's ``--cores`` budget can exceed the machine (``--cores 4`` on 2 cores): more compute
-    threads than cores make PyTorch's CPU kernels several times slower, so the count is capped.
+    threads than cores make PyTorch's CPU kernels several times slower, so the count is capped. The
+    same count goes to ITK (ANTsPy's SyN, imported later), which would otherwise take every core: one
+    SyN pair used 15 s of CPU in 8.8 s wall on 2 cores while its job claimed one.
     """
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     count = max(1, min(int(threads), available))
     torch.set_num_threads(count)
+    os.environ[ITK_THREADS] = str(count)
     return count
 
 
