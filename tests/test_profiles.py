@@ -61,9 +61,10 @@ def test_slurm_profile_dry_run_takes_threads_and_gpus_from_the_config(tmp_path):
     train = rule_blocks(result.stdout, "train")
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert len(train) == len(ofg_plan.training_runs(config)) == 17
-    for block in train:  # config/config.yaml: threads.train 4, gpus_per_training 0
+    assert config["threads"]["train"] == 1 and config["gpus_per_training"] == 0
+    for block in train:  # (a dry run prints no threads line for one thread)
         assert re.search(r"resources: .*mem_mb=64000.*runtime=2880.*gpu=0", block), block
-        assert "threads: 4" in block
+        assert "threads:" not in block
     evaluate = rule_blocks(result.stdout, "evaluate")
     # (a dry run prints no threads line for one thread)
     assert evaluate and all(re.search(r"runtime=240.*gpu=0", b) and "threads:" not in b for b in evaluate)
@@ -100,3 +101,26 @@ def test_slurm_profile_uses_conda_where_conda_exists(tmp_path, monkeypatch):
     assert parsed_profile()["software-deployment-method"] == "conda"
     monkeypatch.setenv("OFG_USE_CONDA", "0")
     assert "software-deployment-method" not in parsed_profile()
+
+
+@pytest.mark.parametrize("name", ["default", "conda"])
+def test_local_profiles_pool_the_machines_cores(name):
+    profile = parsed_profile(REPO / "profiles" / name)
+    assert f"machine_cores={len(os.sched_getaffinity(0))}" in profile["resources"]
+    assert "gpu=1" in profile["resources"] and profile["cores"] == "4"
+
+
+def test_every_job_claims_its_threads_from_the_machine_pool_capped_at_the_cores(tmp_path):
+    """So `--cores 4` on a 2-core machine runs two 1-thread trainings, or one of more threads, at a time."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update(results=str(tmp_path / "results"))
+    config["threads"].update(train=64, evaluate=1)
+    (tmp_path / "threads.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", str(tmp_path / "threads.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    cores = len(os.sched_getaffinity(0))
+    jobs = [b for b in result.stdout.split("\n\n") if re.search(r"^rule \w+:", b.strip(), re.M)
+            and "rule all:" not in b]
+    assert jobs and all("machine_cores=" in b for b in jobs)
+    assert all(f"machine_cores={cores}," in b for b in rule_blocks(result.stdout, "train"))
+    assert all("machine_cores=1," in b for b in rule_blocks(result.stdout, "evaluate"))

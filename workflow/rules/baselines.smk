@@ -14,6 +14,7 @@ rule baselines:
         parameters=lambda wc: parameters(ofg_plan.baseline_parameters(config, wc.dataset)),
     threads: config["threads"]["evaluate"]
     resources:
+        machine_cores=machine_cores,
         mem_mb=8000,
         runtime=240,
     conda:

@@ -1,5 +1,6 @@
 # Shared setup: config checks, the plan (ofg.plan), the layout (ofg.layout) and the papermill command.
 import json
+import os
 import re
 from pathlib import Path
 
@@ -29,6 +30,16 @@ PAPERMILL = (
     f"PYTHONPATH={Path(workflow.basedir) / 'src'}${{{{PYTHONPATH:+:$PYTHONPATH}}}} "
     "papermill --no-progress-bar -k python3"
 )
+
+
+def machine_cores(wildcards, threads):
+    """A job's claim on the `machine_cores` resource: its threads, at most this machine's cores.
+
+    profiles/default sets the pool to the cores this process may run on, so a local `--cores 4` on a
+    2-core machine runs two 1-thread trainings side by side but never more compute threads than cores
+    (oversubscribed PyTorch and numba threads run several times slower). Other executors have no pool.
+    """
+    return min(threads, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def alternatives(values):

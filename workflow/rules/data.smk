@@ -12,6 +12,7 @@ rule prepare_data:
         parameters=lambda wc: parameters(ofg_plan.prepare_parameters(config, wc.dataset)),
     threads: config["threads"]["prepare"]
     resources:
+        machine_cores=machine_cores,
         mem_mb=4000,
         runtime=60,
     conda:

@@ -15,6 +15,7 @@ rule refinement:
         parameters=lambda wc: parameters(ofg_plan.refinement_parameters(config, wc.dataset)),
     threads: config["threads"]["refinement"]
     resources:
+        machine_cores=machine_cores,
         gpu=config["gpus_per_training"],
         mem_mb=8000,
         runtime=120,

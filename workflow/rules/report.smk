@@ -19,6 +19,7 @@ rule tables_and_figures:
         parameters=parameters({"plan": PLAN, "progress": False}),
     threads: config["threads"]["report"]
     resources:
+        machine_cores=machine_cores,
         mem_mb=4000,
         runtime=60,
     conda:

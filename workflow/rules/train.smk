@@ -16,6 +16,7 @@ rule train:
         parameters=lambda wc: parameters(ofg_plan.train_parameters(config, run_of(wc))),
     threads: config["threads"]["train"]
     resources:
+        machine_cores=machine_cores,
         gpu=config["gpus_per_training"],
         mem_mb=8000,
         runtime=24 * 60,
@@ -39,6 +40,7 @@ rule evaluate:
         parameters=lambda wc: parameters(ofg_plan.evaluate_parameters(config, run_of(wc))),
     threads: config["threads"]["evaluate"]
     resources:
+        machine_cores=machine_cores,
         gpu=config["gpus_per_training"],
         mem_mb=8000,
         runtime=120,
