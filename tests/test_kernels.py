@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -107,6 +110,17 @@ def test_numba_uses_torch_thread_count(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     kernels.refine(*pair(), 1, 0.1, 1.0, 3, None)
     assert numba.get_num_threads() == 1
+
+
+def test_torch_keeps_its_thread_count_after_numba_starts_its_threads():
+    """In a fresh process, where numba's threading layer starts on this first call (its OpenMP layer
+    sets the OpenMP thread count it shares with torch to every core)."""
+    code = ("import torch; torch.set_num_threads(1); from ofg import kernels; "
+            "z = torch.zeros(1, 1, 8, 8, 8); kernels.refine(z, z + 1, torch.zeros(1, 3, 8, 8, 8), 1, 0.1, 1.0, 3, None); "
+            "print(torch.get_num_threads())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1"]
 
 
 def test_dispatch_cpu_dtypes_to_the_kernels_and_others_to_the_compiled_step(monkeypatch):

@@ -277,8 +277,21 @@ def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps:
     """:func:`ofg.fused.refine` for CPU tensors of one dtype (:data:`DTYPES`): ``moving``, ``fixed``
     (B,1,D,H,W), ``disp`` (B,3,D,H,W) in voxels → (φ, the steps + 1 batch-mean energies), calling
     ``callback(k, φ_k, E_k)`` for k = 0..steps as :func:`ofg.guidance.refine`. Numba gets torch's thread
-    count. Not reentrant: the workspaces are shared between calls."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    count, and torch keeps it: numba's OpenMP layer, started on the first call, sets the OpenMP thread
+    count it shares with torch to NUMBA_NUM_THREADS (every core), which doubled a 1-thread training's
+    threads and, beside another job, made it 20x slower. Not reentrant: the workspaces are shared."""
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        return _refine(moving, fixed, disp, steps, lr, reg_weight, window, callback)
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def _refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps: int, lr: float,
+            reg_weight: float, window: int,
+            callback: Callable[[int, torch.Tensor, float], None] | None) -> tuple[torch.Tensor, list[float]]:
     if (key := (tuple(moving.shape[2:]), disp.dtype)) not in _SAMPLES:
         _SAMPLES.clear()
     work = _SAMPLES.setdefault(key, [])
