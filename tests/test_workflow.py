@@ -397,3 +397,27 @@ def test_use_threads_never_exceeds_the_cores_this_process_may_use():
             os.environ.pop(ITK_THREADS, None)
         else:
             os.environ[ITK_THREADS] = itk
+
+
+def test_keeps_torch_threads_restores_the_count_after_a_call_and_an_error():
+    import pytest
+    import torch
+
+    from ofg.runtime import keeps_torch_threads
+
+    before = torch.get_num_threads()
+
+    @keeps_torch_threads
+    def change(fail: bool) -> int:
+        torch.set_num_threads(before + 1)
+        if fail:
+            raise RuntimeError("boom")
+        return torch.get_num_threads()
+
+    try:
+        assert change(False) == before + 1 and torch.get_num_threads() == before
+        with pytest.raises(RuntimeError):
+            change(True)
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)

@@ -16,10 +16,9 @@ computed in float64 and stored in the input dtype. Per step, each pass a ``prang
 
 Window sums (zero-padded 'same', :func:`ofg.fused.box_sum`) are running sums in float64: their cost and
 round-off do not grow with the window. Numba runs ``torch.get_num_threads()`` threads in its default
-threading layer (tbb, else OpenMP, else its workqueue; ``NUMBA_THREADING_LAYER`` overrides). OpenMP
-launches a pass in microseconds, the workqueue in about 0.1 ms, which doubled a k=10 refinement on a
-quiet 2-core CPU; beside another process's OpenMP threads, both slow down and OpenMP has rarer but
-larger outliers. The kernels compile on first use and are cached on disk (``cache=True``).
+threading layer (tbb, else OpenMP, else workqueue; ``NUMBA_THREADING_LAYER`` overrides): OpenMP launches
+a pass in microseconds, the workqueue in ~0.1 ms (2x a quiet k=10 refinement on 2 cores). The kernels
+compile on first use and are cached on disk (``cache=True``).
 """
 
 from __future__ import annotations
@@ -30,6 +29,8 @@ import numba
 import numpy as np
 import torch
 from numba import njit, prange
+
+from ofg.runtime import keeps_torch_threads
 
 #: the dtypes the kernels take (arithmetic is float64 for both)
 DTYPES = (torch.float32, torch.float64)
@@ -271,27 +272,15 @@ _SAMPLES: dict[tuple, list[Sample]] = {}  # the workspaces of the latest (shape,
 KEEP_BYTES = 2**28  #: workspaces over this size are freed after the call
 
 
+@keeps_torch_threads
 def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps: int, lr: float,
            reg_weight: float, window: int,
            callback: Callable[[int, torch.Tensor, float], None] | None) -> tuple[torch.Tensor, list[float]]:
     """:func:`ofg.fused.refine` for CPU tensors of one dtype (:data:`DTYPES`): ``moving``, ``fixed``
     (B,1,D,H,W), ``disp`` (B,3,D,H,W) in voxels → (φ, the steps + 1 batch-mean energies), calling
     ``callback(k, φ_k, E_k)`` for k = 0..steps as :func:`ofg.guidance.refine`. Numba gets torch's thread
-    count, and torch keeps it: numba's OpenMP layer, started on the first call, sets the OpenMP thread
-    count it shares with torch to NUMBA_NUM_THREADS (every core), which doubled a 1-thread training's
-    threads and, beside another job, made it 20x slower. Not reentrant: the workspaces are shared."""
-    threads = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    try:
-        return _refine(moving, fixed, disp, steps, lr, reg_weight, window, callback)
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-
-
-def _refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps: int, lr: float,
-            reg_weight: float, window: int,
-            callback: Callable[[int, torch.Tensor, float], None] | None) -> tuple[torch.Tensor, list[float]]:
+    count; torch keeps it (see :func:`~ofg.runtime.keeps_torch_threads`). Not reentrant (shared workspaces)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     if (key := (tuple(moving.shape[2:]), disp.dtype)) not in _SAMPLES:
         _SAMPLES.clear()
     work = _SAMPLES.setdefault(key, [])

@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import resource
 import sys
+from functools import wraps
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 
@@ -48,6 +50,27 @@ def use_threads(threads: int) -> int:
     torch.set_num_threads(count)
     os.environ[ITK_THREADS] = str(count)
     return count
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def keeps_torch_threads(function: F) -> F:
+    """``function`` with torch's CPU thread count restored after each call.
+
+    For numba's parallel code: its OpenMP threading layer, started on its first call, sets the OpenMP
+    thread count it shares with torch to ``NUMBA_NUM_THREADS`` (every core). A 1-thread training then
+    ran its network on 2 threads, and beside another job it ran 20x slower.
+    """
+    @wraps(function)
+    def kept(*args, **kwargs):
+        threads = torch.get_num_threads()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+    return kept  # type: ignore[return-value]
 
 
 def bf16_is_fast(device: torch.device) -> bool:
