@@ -37,6 +37,11 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return device
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def use_threads(threads: int) -> int:
     """Give torch ``threads`` CPU threads, but never more than this process may run on; return the count.
 
@@ -45,8 +50,7 @@ def use_threads(threads: int) -> int:
     same count goes to ITK (ANTsPy's SyN, imported later), which would otherwise take every core: one
     SyN pair used 15 s of CPU in 8.8 s wall on 2 cores while its job claimed one.
     """
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    count = max(1, min(int(threads), available))
+    count = max(1, min(int(threads), available_cores()))
     torch.set_num_threads(count)
     os.environ[ITK_THREADS] = str(count)
     return count

@@ -1,6 +1,5 @@
 # Shared setup: config checks, the plan (ofg.plan), the layout (ofg.layout) and the papermill command.
 import json
-import os
 import re
 from pathlib import Path
 
@@ -9,6 +8,7 @@ from ofg import report as ofg_report
 from ofg.config import TEACHER_METHODS
 from ofg.data import EMBEDDED
 from ofg.layout import WILDCARDS, Layout, notebook_source
+from ofg.runtime import available_cores
 
 
 try:
@@ -39,7 +39,7 @@ def machine_cores(wildcards, threads):
     2-core machine runs two 1-thread trainings side by side but never more compute threads than cores
     (oversubscribed PyTorch and numba threads run several times slower). Other executors have no pool.
     """
-    return min(threads, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return min(threads, available_cores())
 
 
 def alternatives(values):
