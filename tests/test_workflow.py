@@ -376,14 +376,15 @@ def test_readme_use_ofg_snippet_runs_and_trains():
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
 
 
-def test_use_threads_never_exceeds_the_cores_this_process_may_use():
+def test_use_threads_never_exceeds_the_cores_this_process_may_use(monkeypatch):
     import os
 
     import torch
 
     from ofg.runtime import ITK_THREADS, use_threads
 
-    before, itk = torch.get_num_threads(), os.environ.get(ITK_THREADS)
+    monkeypatch.delenv(ITK_THREADS, raising=False)  # restored after the test
+    before = torch.get_num_threads()
     try:
         available = len(os.sched_getaffinity(0))
         assert use_threads(available + 8) == available == torch.get_num_threads()
@@ -393,10 +394,6 @@ def test_use_threads_never_exceeds_the_cores_this_process_may_use():
         assert use_threads(0) == 1
     finally:
         torch.set_num_threads(before)
-        if itk is None:
-            os.environ.pop(ITK_THREADS, None)
-        else:
-            os.environ[ITK_THREADS] = itk
 
 
 def test_keeps_torch_threads_restores_the_count_after_a_call_and_an_error():
