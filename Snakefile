@@ -3,11 +3,15 @@
 #   snakemake --cores 2 --configfile config/tiny.yaml     (CI end to end)
 #   snakemake --workflow-profile profiles/slurm --configfile my_paper.yaml
 # Every rule runs one papermill notebook of notebooks/; the executed notebook is the rule's log.
+# Parsing needs Snakemake alone: the plan (ofg.plan and what it imports) is standard library and PyYAML,
+# read from this repository's src/ (nothing installed on the host); the rules' notebooks do the computing.
 import os
+import sys
 
 from snakemake.utils import min_version, validate
 
 min_version("8.10")
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 
 # A --configfile on the command line replaces the default config instead of being merged into it

@@ -26,7 +26,7 @@ The YAML keys are fixed (the workflow writes them)::
 The defaults are the reference protocol: Adam(amsgrad) at lr 1e-4 with poly decay 0.9 per epoch,
 batch 1, OFG with k=10 Adam steps at lr 0.1 (poly-decayed per epoch), model loss
 MSE + 0.02 diffusion for OFG and the self-training methods, NCC + 1 diffusion for the baseline.
-The ``ofg`` section is a :class:`ofg.guidance.RefineSettings`; ``ofg.window`` is the local-NCC
+The ``ofg`` section is a :class:`ofg.settings.RefineSettings`; ``ofg.window`` is the local-NCC
 window of both the OFG energy and the baseline loss. ``loss.image`` (ncc | mse, weight ``ncc_weight``)
 and ``loss.regularizer`` (grad_l2 | lku_smooth) are the terms of the network losses and of the OFG
 energy alike: ``ofg.image`` / ``ofg.regularizer`` are copied from them (other values are refused).
@@ -46,16 +46,13 @@ from typing import Any, Mapping
 
 import yaml
 
-from ofg.guidance import RefineSettings
-from ofg.io import DataError, require_file, write_text_atomic
-from ofg.losses import IMAGE_TERMS, REGULARIZERS
-from ofg.metrics import DICE_RULES, LABEL_MODES
-from ofg.models import MODEL_NAMES
-from ofg.runtime import bf16_is_fast
+from ofg.files import DataError, require_file, write_text_atomic
+from ofg.names import (DICE_RULES, IMAGE_TERMS, LABEL_MODES, METHODS, MODEL_NAMES, MODEL_SIZES, REGULARIZERS,
+                       TEACHER_METHODS)
+from ofg.settings import RefineSettings
 
-METHODS = ("unsupervised", "ofg", "self_training", "opt_self_training")
-TEACHER_METHODS = ("self_training", "opt_self_training")
-MODEL_SIZES = ("paper", "small")
+__all__ = ["METHODS", "TEACHER_METHODS", "MODEL_SIZES", "DEFAULT_DIFFUSION_WEIGHT", "DatasetConfig", "ModelConfig",
+           "LossConfig", "RunConfig", "RefineSettings", "validate", "resolve", "coerce"]
 #: diffusion weight of the model loss when ``loss.diffusion_weight`` is null
 DEFAULT_DIFFUSION_WEIGHT = {"unsupervised": 1.0, "ofg": 0.02, "self_training": 0.02, "opt_self_training": 0.02}
 
@@ -281,18 +278,19 @@ def _valid_device(device: str) -> bool:
     return device in ("auto", "cpu", "cuda") or (head == "cuda" and index.isdigit())
 
 
-def resolve(config: RunConfig, dataset: Any | None = None, device: Any | None = None) -> RunConfig:
+def resolve(config: RunConfig, dataset: Any | None = None, bf16_native: bool | None = None) -> RunConfig:
     """A copy with every null default filled in.
 
     ``loss.diffusion_weight`` comes from the method; ``bidirectional`` and ``augment_flips`` from
     ``dataset`` (a :class:`ofg.data.RegistrationDataset`; when None they stay as they are);
-    ``amp`` / ``channels_last`` "auto" from ``device`` (:func:`ofg.runtime.bf16_is_fast`).
+    ``amp`` / ``channels_last`` "auto" become ``bf16_native`` (whether the run's device computes
+    bfloat16 natively: :func:`ofg.runtime.bf16_is_fast`; when None they stay "auto").
     """
     out = copy.deepcopy(config)
-    if device is not None:
+    if bf16_native is not None:
         for key in ("amp", "channels_last"):
             if getattr(out, key) == "auto":
-                setattr(out, key, bf16_is_fast(device))
+                setattr(out, key, bool(bf16_native))
     out.loss.diffusion_weight = config.diffusion_weight
     if dataset is not None:
         if out.bidirectional is None:

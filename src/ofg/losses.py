@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from ofg.names import IMAGE_TERMS, REGULARIZERS  # config loss.image, loss.regularizer
 from ofg.validation import check_displacement, check_same_shape
 
 _PENALTIES = ("l2", "l1")
-#: image terms of the network loss and the OFG energy (config ``loss.image``)
-IMAGE_TERMS = ("ncc", "mse")
-#: regularisers of the network loss and the OFG energy (config ``loss.regularizer``)
-REGULARIZERS = ("grad_l2", "lku_smooth")
 
 
 def _box_sum(volume: torch.Tensor, window: int,

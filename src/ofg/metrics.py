@@ -19,14 +19,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ofg.names import DICE_RULES, LABEL_MODES
 from ofg.spatial import warp
 
-#: how label maps are warped for Dice: one-hot trilinear + argmax, or nearest neighbour
-LABEL_MODES = ("onehot", "nearest")
-#: how a pair's per-label Dice are averaged: "either" = over the labels present in the warped or
-#: the fixed map; "both" = over the labels present in both the moving (before warping) and the
-#: fixed map (the reference code's AbdomenCTCT rule)
-DICE_RULES = ("either", "both")
+# LABEL_MODES: how label maps are warped for Dice, one-hot trilinear + argmax or nearest neighbour.
+# DICE_RULES: how a pair's per-label Dice are averaged: "either" = over the labels present in the
+# warped or the fixed map; "both" = over the labels present in both the moving (before warping) and
+# the fixed map (the reference code's AbdomenCTCT rule).
 
 
 def _numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ofg.config import TEACHER_METHODS, LossConfig, RunConfig
-from ofg.data import EMBEDDED, REAL
+from ofg.config import LossConfig, RunConfig
 from ofg.layout import Layout, RunKey
+from ofg.names import EMBEDDED, REAL, TEACHER_METHODS
 
 
 @dataclass(frozen=True)

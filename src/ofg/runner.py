@@ -16,7 +16,7 @@ from ofg.data.embedded import prepare_embedded
 from ofg.evaluate import evaluate_checkpoint
 from ofg.experiments import run_refinement
 from ofg.resume import stale_reasons
-from ofg.runtime import resolve_device
+from ofg.runtime import bf16_is_fast, resolve_device
 from ofg.layout import RunFolder
 from ofg.train import train
 
@@ -48,7 +48,7 @@ def restart_reasons(run_config: Mapping[str, Any], out_dir: str | Path) -> list[
     """Why the run folder ``out_dir`` would be started over for ``run_config``; [] to resume or skip."""
     config = coerce(dict(run_config))
     dataset = open_dataset(config.dataset.name, config.dataset.root, **config.dataset.options)
-    return stale_reasons(RunFolder(out_dir), resolve(config, dataset, resolve_device(config.device)))
+    return stale_reasons(RunFolder(out_dir), resolve(config, dataset, bf16_is_fast(resolve_device(config.device))))
 
 
 def ensure_prepared(config: Mapping[str, Any], dataset: str, progress: bool = False) -> Path:

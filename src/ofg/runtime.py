@@ -14,6 +14,8 @@ from typing import Callable, TypeVar
 
 import torch
 
+from ofg.machine import available_cores
+
 #: dtype of the network forward under ``amp`` (losses and warps stay float32)
 AMP_DTYPE = torch.bfloat16
 # ITK's thread count, read when ANTsPy first runs a filter
@@ -35,11 +37,6 @@ def resolve_device(name: str | torch.device) -> torch.device:
             raise ValueError(f"config key device is {name!r} but only {torch.cuda.device_count()} CUDA "
                              "device(s) exist")
     return device
-
-
-def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask, else the machine's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def use_threads(threads: int) -> int:

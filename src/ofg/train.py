@@ -45,7 +45,7 @@ from ofg.layout import RunFolder
 from ofg.models import build_model
 from ofg.objectives import Objective, build_objective
 from ofg.resume import IF_STALE, prepare_run_folder
-from ofg.runtime import peak_memory_mb, reset_peak_memory, resolve_device, synchronize
+from ofg.runtime import bf16_is_fast, peak_memory_mb, reset_peak_memory, resolve_device, synchronize
 
 log = logging.getLogger("ofg.train")
 
@@ -171,7 +171,7 @@ def train(config: RunConfig | dict | str | Path, out_dir: str | Path, *, restart
     folder = RunFolder(out_dir)
     device = resolve_device(config.device)
     dataset = open_dataset(config.dataset.name, config.dataset.root, **config.dataset.options)
-    config = resolve(config, dataset, device)
+    config = resolve(config, dataset, bf16_is_fast(device))
     if len(dataset.pairs("train")) == 0:
         raise ValueError(f"dataset {config.dataset.name!r} at {config.dataset.root} has no train pairs")
     status = prepare_run_folder(folder, config, restart=restart, if_stale=if_stale)

@@ -1,14 +1,14 @@
 # Shared setup: config checks, the plan (ofg.plan), the layout (ofg.layout) and the papermill command.
+# Only light modules of ofg (standard library and PyYAML: tests/test_plan_light.py) are imported here.
 import json
 import re
 from pathlib import Path
 
 from ofg import plan as ofg_plan
-from ofg import report as ofg_report
-from ofg.config import TEACHER_METHODS
-from ofg.data import EMBEDDED
 from ofg.layout import WILDCARDS, Layout, notebook_source
-from ofg.runtime import available_cores
+from ofg.machine import available_cores
+from ofg.names import EMBEDDED, TEACHER_METHODS
+from ofg.report.outputs import outputs as report_outputs
 
 
 try:
@@ -20,7 +20,7 @@ except ValueError as error:
 LAYOUT = Layout(config["results"])
 RUNS = ofg_plan.training_runs(config)
 PLAN = ofg_plan.report_plan(config)
-OUTPUTS = ofg_report.outputs(PLAN)
+OUTPUTS = report_outputs(PLAN)
 ENV = "../../envs/ofg.yaml"
 CAPTIONS = "../report"
 # ofg is importable from the source tree in a --use-conda env (conda copies env files, so a relative

@@ -12,6 +12,7 @@ from pathlib import Path
 from ofg.data.base import SPLITS, Pair, PairList, RegistrationDataset
 from ofg.data.realdata import check_image_size
 from ofg.data.torch_dataset import PairDataset
+from ofg.names import EMBEDDED, REAL
 
 # name -> "module:function"; modules are imported lazily so that one loader's optional
 # dependency never breaks another.
@@ -23,10 +24,6 @@ DATASETS: dict[str, str] = {
     "embedded-brain": "ofg.data.cohort:open_embedded_brain",
     "embedded-ct": "ofg.data.cohort:open_embedded_ct",
 }
-#: embedded cohorts (prepared by the workflow from packaged anatomy) -> their kind in ofg.data.embedded
-EMBEDDED: dict[str, str] = {"embedded-brain": "brain", "embedded-ct": "ct"}
-#: the paper's real datasets, read from a user's folder as they are
-REAL: tuple[str, ...] = tuple(name for name in DATASETS if name not in EMBEDDED)
 
 
 def open_dataset(name: str, root: str | Path, **options) -> RegistrationDataset:

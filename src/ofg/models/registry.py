@@ -16,9 +16,9 @@ from ofg.models.lkunet import LKUNet
 from ofg.models.transmorph import TransMorph
 from ofg.models.vitvnet import ViTVNet
 from ofg.models.voxelmorph import VoxelMorph
+from ofg.names import MODEL_NAMES, MODEL_SIZES
 
-MODEL_NAMES = ("voxelmorph", "transmorph", "vitvnet", "lkunet")
-SIZES = ("paper", "small")
+SIZES = MODEL_SIZES
 PAPER_IMG_SIZE = (160, 192, 224)
 
 MODELS: dict[str, type[RegistrationNet]] = {
