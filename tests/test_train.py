@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+import ofg
 import ofg.train as train_module
 import synthetic
 from ofg.checkpoint import read_checkpoint, save_checkpoint
@@ -111,6 +113,8 @@ def test_each_method_lowers_its_loss(tmp_path, method):
         assert history["ofg_lr"].iloc[0] == 0.1 and np.isclose(history["ofg_lr"].iloc[1], 0.1 * (5 / 6) ** 0.9)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final_epoch"] == 5 and summary["best_val_dice"] == history["val_dice"].max()
+    assert summary["versions"] == {"python": platform.python_version(), "torch": torch.__version__,
+                                   "numpy": np.__version__, "ofg": ofg.__version__}
     saved = RunConfig.load(run / "config.yaml")
     assert saved.loss.diffusion_weight == (1.0 if method == "unsupervised" else 0.02)
     assert saved.bidirectional is False and saved.augment_flips is False  # the dataset's defaults

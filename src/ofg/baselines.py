@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ofg.data import open_dataset
 from ofg.data.base import check_split
+from ofg.extras import import_optional
 from ofg.guidance import RefineSettings, refine
 from ofg.inference import both_dice, check_label_mode, field_metrics, pair_tensors
 from ofg.io import atomic_path
@@ -42,19 +43,14 @@ INSTANCE_STEPS = 100
 SYN_TRANSFORM = "SyNOnly"
 SYN_ITERATIONS = (160, 80, 40)
 SYN_METRIC = "meansquares"
-ANTS_INSTALL = "pip install antspyx (it is a dependency of this package: pip install -e . installs it)"
-
 #: a field function maps (moving, fixed) (1,1,D,H,W) float32 to (displacement (1,3,D,H,W) in voxels, seconds)
 FieldFunction = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, float]]
 
 
 def require_ants() -> Any:
-    """The ``ants`` module (ANTsPy); an ImportError saying how to install it when it is missing."""
-    try:
-        import ants  # heavy optional import (ITK libraries, ~90 MB): only SyN needs it
-    except ImportError as exc:
-        raise ImportError(f"the SyN baseline needs ANTsPy, which is not installed: {ANTS_INSTALL}") from exc
-    return ants
+    """The ``ants`` module (ANTsPy, the ``[baselines]`` extra: ITK libraries, ~90 MB, only SyN needs it,
+    imported on first use); a :class:`ofg.extras.MissingExtraError` naming the extra when it is missing."""
+    return import_optional("ants", "baselines", "the SyN baseline (baselines.methods: syn)")
 
 
 def _ants_image(ants: Any, volume: np.ndarray) -> Any:

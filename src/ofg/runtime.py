@@ -6,13 +6,17 @@ Nothing here changes numbers; these helpers only choose and observe the machine.
 from __future__ import annotations
 
 import os
+import platform
 import resource
 import sys
 from functools import wraps
 from pathlib import Path
 from typing import Callable, TypeVar
 
+import numpy as np
 import torch
+
+from ofg import __version__ as ofg_version
 
 from ofg.machine import available_cores
 
@@ -85,6 +89,12 @@ def bf16_is_fast(device: torch.device) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN
         return False
+
+
+def software_versions() -> dict[str, str]:
+    """The versions a run's numbers depend on: Python, torch, numpy and this package."""
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "ofg": ofg_version}
 
 
 def synchronize(device: torch.device) -> None:

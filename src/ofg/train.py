@@ -45,7 +45,8 @@ from ofg.layout import RunFolder
 from ofg.models import build_model
 from ofg.objectives import Objective, build_objective
 from ofg.resume import IF_STALE, prepare_run_folder
-from ofg.runtime import bf16_is_fast, peak_memory_mb, reset_peak_memory, resolve_device, synchronize
+from ofg.runtime import (bf16_is_fast, peak_memory_mb, reset_peak_memory, resolve_device, software_versions,
+                         synchronize)
 
 log = logging.getLogger("ofg.train")
 
@@ -231,6 +232,7 @@ def _train(config: RunConfig, dataset: Any, folder: RunFolder, device: torch.dev
         "best_epoch": state.best_epoch, "total_seconds": state.seconds, "method": config.method,
         "model": config.model.name, "dataset": config.dataset.name,
         "final_val_dice": state.history[-1]["val_dice"] if state.history else float("nan"),
+        "versions": software_versions(),
     })
     log.info("finished %s: best val dice %.4f at epoch %d, %.1f s", folder.path, state.best_score, state.best_epoch,
              state.seconds)
