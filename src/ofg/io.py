@@ -47,18 +47,27 @@ def load_nifti(path: str | Path, dtype: type | None = np.float32) -> tuple[np.nd
     return data, np.asarray(img.affine, dtype=np.float64)
 
 
-def save_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+def save_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray | None = None, *,
+               descrip: str | None = None, intent: str | None = None) -> Path:
     """Write ``array`` as a (gzipped, by the name) NIfTI-1 file atomically; return the path.
 
     Written with a fixed header and no timestamp, so the same array gives byte-identical files.
+    ``descrip`` (at most 80 ASCII characters) fills the header's description field and ``intent``
+    its intent code (a nibabel intent name such as "vector"); both are left empty by default.
     """
     import gzip
 
     import nibabel as nib
 
+    if descrip is not None and (len(descrip) > 80 or not descrip.isascii()):
+        raise ValueError(f"NIfTI descrip must be at most 80 ASCII characters, got {len(descrip)}: {descrip!r}")
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
     img = nib.Nifti1Image(np.asarray(array), affine)
     img.header.set_xyzt_units("mm")
+    if descrip is not None:
+        img.header["descrip"] = descrip
+    if intent is not None:
+        img.header.set_intent(intent)
     path = Path(path)
     with atomic_path(path) as tmp:
         if path.name.endswith(".gz"):
