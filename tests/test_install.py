@@ -113,6 +113,6 @@ def test_the_core_install_pulls_no_workflow_package_and_runs_the_readme_snippet(
         "print('snippet ran')\n")
     result = run(venv, "python", str(script), cwd=tmp_path)
     assert result.returncode == 0 and "snippet ran" in result.stdout, result.stderr[-3000:]
-    for command in ("ofg-train", "ofg-evaluate"):
+    for command in ("ofg-train", "ofg-evaluate", "ofg-register"):
         helped = run(venv, command, "--help", cwd=tmp_path)
         assert helped.returncode == 0, f"{command}: {helped.stderr[-2000:]}"
