@@ -1,6 +1,9 @@
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ofg.bench.core import naive_diffusion_l2, naive_ncc_loss, naive_refine, naive_warp
 from ofg.guidance import OFGLoss, RefineSettings, poly_lr, refine
@@ -116,7 +119,9 @@ def test_ofg_loss_is_mse_to_the_refined_field(gen):
     loss.backward()
     torch.testing.assert_close(prediction.grad, 2 * (disp - target) / disp.numel())
     assert moving.grad is None
-    assert criterion.last_energies == energies and criterion.last_refine_seconds > 0
+    again, info = criterion(moving, fixed, prediction, return_info=True)
+    assert torch.equal(again, loss) and info.energies == tuple(energies) and info.refine_seconds > 0
+    assert not hasattr(criterion, "last_energies") and not hasattr(criterion, "last_refine_seconds")
     criterion.lr = 0.0  # per-epoch schedule: with lr 0 the target is the prediction itself
     assert criterion(moving, fixed, prediction).item() == 0.0
     assert "steps=3" in repr(criterion)
@@ -229,3 +234,57 @@ def test_refine_refuses_unknown_terms_and_a_2d_lku_smooth():
         refine(image, image, disp, regularizer="bending")
     with pytest.raises(ValueError, match="'lku_smooth'.* is 3-D"):
         refine(torch.rand(1, 1, 6, 6), torch.rand(1, 1, 6, 6), torch.zeros(1, 2, 6, 6), regularizer="lku_smooth")
+
+
+# ---- OFGLoss keeps no state: two losses, wrappers and re-entrant calls ----------------------------
+
+
+def _loss_cases(gen):
+    """(loss, inputs) pairs that share the numba workspaces' key (size, dtype) or not, fused or eager."""
+    same = _pair(gen, batch=2, shape=(8, 9, 10), dtype=torch.float32)
+    other = _pair(gen, batch=1, shape=(8, 9, 10), dtype=torch.float32)
+    smaller = _pair(gen, batch=1, shape=(7, 8, 6), dtype=torch.float32)
+    return {
+        "fused": (OFGLoss(steps=3, lr=0.1, window=5, fused=True), same),
+        "fused, same size, other settings": (OFGLoss(steps=2, lr=0.05, reg_weight=2.0, window=3, fused=True), other),
+        "fused, other size": (OFGLoss(steps=2, window=3, fused=True), smaller),
+        "eager": (OFGLoss(steps=2, window=5), smaller),
+    }
+
+
+def _same(got, expected):
+    (loss, info), (loss_alone, info_alone) = got, expected
+    assert torch.equal(loss, loss_alone) and info.energies == info_alone.energies
+
+
+def test_interleaved_losses_each_equal_the_loss_computed_alone(gen):
+    cases = _loss_cases(gen)
+    alone = {name: loss(*inputs, return_info=True) for name, (loss, inputs) in cases.items()}
+    for name in ["fused", "fused, same size, other settings", "fused", "fused, other size", "eager",
+                 "fused, same size, other settings", "fused, other size", "fused"]:
+        loss, inputs = cases[name]
+        _same(loss(*inputs, return_info=True), alone[name])
+
+
+class _Wrapper(nn.Module):
+    """A thin module around a loss, as a training harness would hold it."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, *args, **kwargs):
+        return self.loss(*args, **kwargs)
+
+
+def test_loss_through_wrappers_equals_the_direct_call(gen):
+    for name, (loss, (moving, fixed, disp)) in _loss_cases(gen).items():
+        prediction = disp.clone().requires_grad_(True)
+        direct = loss(moving, fixed, prediction)
+        (grad,) = torch.autograd.grad(direct, prediction)
+        for call in (nn.DataParallel(loss), _Wrapper(loss), functools.partial(loss, moving, fixed)):
+            got = call(prediction) if isinstance(call, functools.partial) else call(moving, fixed, prediction)
+            assert torch.equal(got, direct), name
+            assert torch.equal(torch.autograd.grad(got, prediction)[0], grad), name
+        wrapped, info = _Wrapper(loss)(moving, fixed, prediction, return_info=True)
+        assert torch.equal(wrapped, direct) and len(info.energies) == loss.steps + 1 and info.refine_seconds > 0
