@@ -266,6 +266,23 @@ def test_interleaved_losses_each_equal_the_loss_computed_alone(gen):
         _same(loss(*inputs, return_info=True), alone[name])
 
 
+def test_loss_called_inside_another_refinement_leaves_both_exact(gen):
+    """Re-entrant: a loss computed between two steps of a fused refinement of the same size and dtype."""
+    cases = _loss_cases(gen)
+    outer_loss, (moving, fixed, disp) = cases["fused"]
+    expected_field, expected_energies = refine(moving, fixed, disp, steps=3, lr=0.1, window=5, fused=True)
+    for name in ["fused, same size, other settings", "fused", "eager"]:
+        loss, inputs = cases[name]
+        expected = loss(*inputs, return_info=True)
+        inner = []
+        field, energies = refine(moving, fixed, disp, steps=3, lr=0.1, window=5, fused=True,
+                                 callback=lambda k, phi, e: inner.append(loss(*inputs, return_info=True)))
+        assert torch.equal(field, expected_field) and energies == expected_energies, name
+        assert len(inner) == 4
+        for got in inner:
+            _same(got, expected)
+
+
 class _Wrapper(nn.Module):
     """A thin module around a loss, as a training harness would hold it."""
 
