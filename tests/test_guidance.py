@@ -10,18 +10,19 @@ from ofg.guidance import OFGLoss, RefineSettings, poly_lr, refine
 from ofg.losses import lku_smoothness_loss
 
 
-def _pair(gen, batch=1, shape=(12, 12, 12), dtype=torch.float64):
-    """A textured fixed image, the moving image = fixed shifted by one voxel, and a small field."""
+def _pair(gen, batch=1, shape=(12, 12, 12), dtype=torch.float64, device=torch.device("cpu")):
+    """A textured fixed image, the moving image = fixed shifted by one voxel, and a small field, drawn on
+    the CPU (the same numbers on every device) and moved to ``device``."""
     base = torch.rand((batch, 1, *[n + 2 for n in shape]), generator=gen, dtype=dtype)
     smooth = F.avg_pool3d(base, 3, stride=1) if len(shape) == 3 else F.avg_pool2d(base, 3, stride=1)
     fixed = smooth
     moving = torch.roll(smooth, shifts=1, dims=2)
     disp = 0.3 * torch.randn((batch, len(shape), *shape), generator=gen, dtype=dtype)
-    return moving, fixed, disp
+    return moving.to(device), fixed.to(device), disp.to(device)
 
 
-def test_refine_equals_reference_loop_in_float64(gen):
-    moving, fixed, disp = _pair(gen)
+def test_refine_equals_reference_loop_in_float64(gen, device):
+    moving, fixed, disp = _pair(gen, device=device)
     ours, energies = refine(moving, fixed, disp, steps=6, lr=0.1, reg_weight=1.0)
     expected = naive_refine(moving, fixed, disp, steps=6, lr=0.1, reg_weight=1.0)
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-9)
@@ -34,16 +35,16 @@ def test_refine_equals_reference_loop_in_float64(gen):
     assert energies[-1] < energies[0]
 
 
-def test_refine_reg_weight_and_window_reach_the_energy(gen):
-    moving, fixed, disp = _pair(gen)
+def test_refine_reg_weight_and_window_reach_the_energy(gen, device):
+    moving, fixed, disp = _pair(gen, device=device)
     for reg_weight, window in ((0.0, 9), (2.5, 5)):
         ours, _ = refine(moving, fixed, disp, steps=3, lr=0.05, reg_weight=reg_weight, window=window)
         expected = naive_refine(moving, fixed, disp, steps=3, lr=0.05, reg_weight=reg_weight, window=window)
         torch.testing.assert_close(ours, expected, rtol=0, atol=1e-9)
 
 
-def test_each_sample_of_a_batch_is_refined_as_if_alone(gen):
-    moving, fixed, disp = _pair(gen, batch=2)
+def test_each_sample_of_a_batch_is_refined_as_if_alone(gen, device):
+    moving, fixed, disp = _pair(gen, batch=2, device=device)
     moving[1] = moving[1] * 2.0  # different contrast: different gradient scales per sample
     batched, energies = refine(moving, fixed, disp, steps=5)
     alone = [refine(moving[b:b + 1], fixed[b:b + 1], disp[b:b + 1], steps=5) for b in range(2)]
@@ -53,14 +54,14 @@ def test_each_sample_of_a_batch_is_refined_as_if_alone(gen):
     assert energies == pytest.approx(solo_mean, rel=1e-10)
 
 
-def test_refine_in_2d(gen):
-    moving, fixed, disp = _pair(gen, shape=(16, 14))
+def test_refine_in_2d(gen, device):
+    moving, fixed, disp = _pair(gen, shape=(16, 14), device=device)
     out, energies = refine(moving, fixed, disp, steps=4)
     assert out.shape == disp.shape and len(energies) == 5 and energies[-1] < energies[0]
 
 
-def test_refine_is_detached_and_leaves_inputs_alone(gen):
-    moving, fixed, disp = _pair(gen, dtype=torch.float32)
+def test_refine_is_detached_and_leaves_inputs_alone(gen, device):
+    moving, fixed, disp = _pair(gen, dtype=torch.float32, device=device)
     prediction = disp.clone().requires_grad_(True)
     snapshot = [t.detach().clone() for t in (moving, fixed, prediction)]
     with torch.no_grad():
@@ -108,13 +109,14 @@ def test_refine_bad_inputs():
         refine(image, image, disp, window=8)
 
 
-def test_ofg_loss_is_mse_to_the_refined_field(gen):
-    moving, fixed, disp = _pair(gen, dtype=torch.float32)
+def test_ofg_loss_is_mse_to_the_refined_field(gen, device):
+    moving, fixed, disp = _pair(gen, dtype=torch.float32, device=device)
     moving.requires_grad_(True)
     prediction = disp.clone().requires_grad_(True)
     criterion = OFGLoss(steps=3, lr=0.05)
     loss = criterion(moving, fixed, prediction)
     target, energies = refine(moving.detach(), fixed, disp, steps=3, lr=0.05)
+    assert loss.device.type == target.device.type == device.type
     torch.testing.assert_close(loss, ((disp - target) ** 2).mean())
     loss.backward()
     torch.testing.assert_close(prediction.grad, 2 * (disp - target) / disp.numel())
@@ -140,8 +142,8 @@ def test_poly_lr():
         poly_lr(0.1, 501, 500)
 
 
-def test_callback_sees_every_iterate_of_one_refinement(gen):
-    moving, fixed, disp = _pair(gen)
+def test_callback_sees_every_iterate_of_one_refinement(gen, device):
+    moving, fixed, disp = _pair(gen, device=device)
     seen = []
     final, energies = refine(moving, fixed, disp, steps=4, lr=0.1,
                              callback=lambda k, phi, e: seen.append((k, phi.clone(), e)))
@@ -155,20 +157,20 @@ def test_callback_sees_every_iterate_of_one_refinement(gen):
         torch.testing.assert_close(seen[k][1], alone, rtol=0, atol=1e-12)
 
 
-def test_refine_equals_reference_loop_in_2d_and_per_sample_in_a_batch(gen):
+def test_refine_equals_reference_loop_in_2d_and_per_sample_in_a_batch(gen, device):
     """The closed-form energy gradient, grid layout and Adam(foreach) against autograd + default Adam."""
-    moving, fixed, disp = _pair(gen, batch=1, shape=(16, 14))
+    moving, fixed, disp = _pair(gen, batch=1, shape=(16, 14), device=device)
     ours, _ = refine(moving, fixed, disp, steps=5, lr=0.1, window=5)
     torch.testing.assert_close(ours, naive_refine(moving, fixed, disp, steps=5, lr=0.1, window=5), rtol=0, atol=1e-9)
-    moving, fixed, disp = _pair(gen, batch=2, shape=(10, 11, 12))
+    moving, fixed, disp = _pair(gen, batch=2, shape=(10, 11, 12), device=device)
     ours, energies = refine(moving, fixed, disp, steps=4, lr=0.1, reg_weight=0.5)
     for b in range(2):
         expected = naive_refine(moving[b:b + 1], fixed[b:b + 1], disp[b:b + 1], steps=4, lr=0.1, reg_weight=0.5)
         torch.testing.assert_close(ours[b:b + 1], expected, rtol=0, atol=1e-9)
 
 
-def test_refine_energies_follow_the_reference_energy_along_the_trajectory(gen):
-    moving, fixed, disp = _pair(gen)
+def test_refine_energies_follow_the_reference_energy_along_the_trajectory(gen, device):
+    moving, fixed, disp = _pair(gen, device=device)
     seen = []
     _, energies = refine(moving, fixed, disp, steps=3, lr=0.1, reg_weight=2.0,
                          callback=lambda k, phi, e: seen.append(phi.clone()))
@@ -200,8 +202,8 @@ def naive_terms_refine(moving, fixed, disp, steps, lr, reg_weight, window, image
 
 
 @pytest.mark.parametrize("image, regularizer", [("mse", "grad_l2"), ("ncc", "lku_smooth"), ("mse", "lku_smooth")])
-def test_refine_with_other_terms_equals_the_autograd_loop_in_float64(gen, image, regularizer):
-    moving, fixed, disp = _pair(gen, shape=(9, 12, 10))  # unequal sizes: lku_smooth weighs every axis differently
+def test_refine_with_other_terms_equals_the_autograd_loop_in_float64(gen, device, image, regularizer):
+    moving, fixed, disp = _pair(gen, shape=(9, 12, 10), device=device)  # unequal sizes: lku_smooth weighs every axis differently
     ours, energies = refine(moving, fixed, disp, steps=5, lr=0.1, reg_weight=5.0, window=5, image=image,
                             regularizer=regularizer)
     expected, expected_energies = naive_terms_refine(moving, fixed, disp, 5, 0.1, 5.0, 5, image, regularizer)
@@ -212,8 +214,8 @@ def test_refine_with_other_terms_equals_the_autograd_loop_in_float64(gen, image,
     assert (plain - ours).abs().max() > 1e-3  # the choice reaches the energy
 
 
-def test_refine_terms_batch_is_per_sample_and_settings_carry_them(gen):
-    moving, fixed, disp = _pair(gen, batch=2, shape=(8, 9, 10))
+def test_refine_terms_batch_is_per_sample_and_settings_carry_them(gen, device):
+    moving, fixed, disp = _pair(gen, batch=2, shape=(8, 9, 10), device=device)
     settings = RefineSettings(steps=3, lr=0.1, reg_weight=2.0, window=5, image="mse", regularizer="lku_smooth")
     batched, _ = refine(moving, fixed, disp, **settings.kwargs())
     for b in range(2):
