@@ -32,6 +32,67 @@ def test_rng_state_round_trip_through_a_file(tmp_path):
     assert [_draws() for _ in range(3)] == expected
 
 
+def _device_draws(device: torch.device) -> list[float]:
+    return [*torch.rand(3, device=device).tolist(), *_draws()]
+
+
+def test_rng_state_of_the_device_round_trips_as_training_reads_it(tmp_path, device):
+    """On CUDA the checkpoint holds the CUDA generators' states, read back onto the device (training's
+    ``map_location``) and restored: the device draws the same numbers again."""
+    torch.zeros(1, device=device)  # CUDA starts lazily; training has initialised it by the first checkpoint
+    torch.manual_seed(5)
+    state = capture_rng_state()
+    assert device.type != "cuda" or len(state["cuda"]) == torch.cuda.device_count()
+    save_checkpoint(tmp_path / "c.pt", {"model": {}, "epoch": 0, "config": {}, "image_size": [4, 4, 4], "rng": state})
+    expected = _device_draws(device)
+    torch.manual_seed(6)  # every generator elsewhere, CUDA's included
+    payload = read_checkpoint(tmp_path / "c.pt", map_location=device)
+    restore_rng_state(payload["rng"])
+    assert _device_draws(device) == expected
+
+
+class _OffTheCpu:
+    """Stands for a tensor that ``read_checkpoint(map_location=cuda)`` put on the GPU: ``.numpy()``
+    refuses, ``.cpu()`` copies back."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+    def numpy(self):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() first")
+
+    def cpu(self) -> torch.Tensor:
+        return self.tensor
+
+
+def test_rng_state_restores_from_tensors_off_the_cpu():
+    """Training resumes from ``read_checkpoint(..., map_location=device)``: on CUDA every saved tensor,
+    numpy's keys included, comes back on the GPU."""
+    torch.manual_seed(7)
+    np.random.seed(7)
+    state = capture_rng_state()
+    expected = [_draws() for _ in range(2)]
+    state["torch"] = _OffTheCpu(state["torch"])
+    state["numpy"] = {**state["numpy"], "keys": _OffTheCpu(state["numpy"]["keys"])}
+    restore_rng_state(state)
+    assert [_draws() for _ in range(2)] == expected
+
+
+def test_cuda_rng_states_restore_only_onto_as_many_devices(monkeypatch):
+    """The CUDA branch of restore_rng_state, on any machine: a device-count mismatch warns, a match restores."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    state = {**capture_rng_state(), "cuda": [torch.get_rng_state()]}  # one saved device (any ByteTensor)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.warns(RuntimeWarning, match=r"states of 1 device\(s\) but 2 are visible.*not a bitwise"):
+        restore_rng_state(state)
+    assert restored == []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    restore_rng_state(state)
+    assert len(restored) == 1 and torch.equal(restored[0][0], state["cuda"][0])
+
+
 def test_model_round_trip_rebuilds_identical_network(tmp_path):
     config = RunConfig.from_dict({"model": {"name": "voxelmorph", "size": "small"}})
     model = build_model("voxelmorph", (16, 16, 16), size="small")

@@ -7,18 +7,19 @@ import pytest
 import torch
 from scipy import ndimage
 
-from ofg import fused
+from ofg import fused, kernels
 from ofg.guidance import refine
 from ofg.losses import diffusion_loss
 from ofg.spatial import warp
 
 
-def pair(size=(10, 12, 9), batch=1, dtype=torch.float64, scale=1.2, seed=0):
+def pair(size=(10, 12, 9), batch=1, dtype=torch.float64, scale=1.2, seed=0, device=torch.device("cpu")):
+    """moving, fixed (B,1,*size) and a field (B,3,*size) in voxels, drawn on the CPU, moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
     moving = torch.nn.functional.avg_pool3d(torch.rand(batch, 1, *size, generator=g), 3, 1, 1).to(dtype)
     fixed = torch.roll(moving, (1, -1, 1), (2, 3, 4))
     disp = (torch.randn(batch, 3, *size, generator=g) * scale).to(dtype)  # some points leave the volume
-    return moving, fixed, disp
+    return moving.to(device), fixed.to(device), disp.to(device)
 
 
 @pytest.fixture
@@ -34,8 +35,8 @@ def test_box_sum_is_scipy_zero_padded_uniform_filter():
     np.testing.assert_allclose(fused.box_sum(x, 5).numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_sampler_value_and_derivative_match_grid_sample_and_its_autograd():
-    moving, _, disp = pair(scale=2.5)
+def test_sampler_value_and_derivative_match_grid_sample_and_its_autograd(device):
+    moving, _, disp = pair(scale=2.5, device=device)
     value, derivative = fused.sample_with_gradient(fused.pad_moving(moving[0, 0]), disp[0])
     u = disp.clone().requires_grad_(True)
     warped = warp(moving, u)
@@ -71,9 +72,9 @@ def test_adam_step_is_torch_adam_amsgrad():
         torch.testing.assert_close(p, reference, rtol=1e-14, atol=1e-14)
 
 
-def test_compiled_path_refine_equals_the_eager_refine_in_float64(eager):
+def test_compiled_path_refine_equals_the_eager_refine_in_float64(eager, device):
     """The torch step's loop (the CUDA path; on CPU ``refine(fused=True)`` runs ofg.kernels, tested there)."""
-    moving, fixed, disp = pair(batch=2)
+    moving, fixed, disp = pair(batch=2, device=device)
     steps_seen = []
     expected, expected_energies = refine(moving, fixed, disp, steps=6, lr=0.1, reg_weight=0.5, window=5)
     got, energies = fused.refine_compiled(moving, fixed, disp, 6, 0.1, 0.5, 5,
@@ -84,6 +85,21 @@ def test_compiled_path_refine_equals_the_eager_refine_in_float64(eager):
     assert [e for _, _, e in steps_seen] == energies
 
 
+def test_fused_refine_runs_where_the_tensors_live(eager, device, monkeypatch):
+    """``refine(fused=True)``: CPU float64 tensors go to the numba kernels, CUDA ones to the torch step."""
+    moving, fixed, disp = pair(batch=2, device=device)
+    paths = []
+    for module, name in ((kernels, "refine"), (fused, "refine_compiled")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *args, _f=original, _n=name: paths.append(_n) or _f(*args))
+    expected, expected_energies = refine(moving, fixed, disp, steps=4, lr=0.1, reg_weight=0.5, window=5)
+    got, energies = refine(moving, fixed, disp, steps=4, lr=0.1, reg_weight=0.5, window=5, fused=True)
+    assert paths == (["refine"] if device.type == "cpu" else ["refine_compiled"])
+    assert got.device == disp.device and got.dtype == disp.dtype
+    assert (got - expected).abs().max().item() < 1e-10
+    assert np.allclose(energies, expected_energies, rtol=1e-12, atol=1e-14)
+
+
 def test_fused_refine_is_3d_only(eager):
     image = torch.rand(1, 1, 8, 8)
     with pytest.raises(ValueError, match="3-D only"):
@@ -91,9 +107,10 @@ def test_fused_refine_is_3d_only(eager):
 
 
 @pytest.mark.slow
-def test_compiled_refinement_agrees_with_eager_in_float32():
-    """torch.compile's generated code: the same iterates as the eager refinement up to float32 round-off."""
-    moving, fixed, disp = pair(size=(16, 16, 16), dtype=torch.float32, scale=0.5)
+def test_compiled_refinement_agrees_with_eager_in_float32(device):
+    """torch.compile's generated code (C++ on CPU, Triton on CUDA): the same iterates as the eager
+    refinement up to float32 round-off."""
+    moving, fixed, disp = pair(size=(16, 16, 16), dtype=torch.float32, scale=0.5, device=device)
     expected, expected_energies = refine(moving, fixed, disp, steps=4)
     got, energies = fused.refine_compiled(moving, fixed, disp, 4, 0.1, 1.0, 9, None)
     assert np.allclose(energies, expected_energies, rtol=1e-4)

@@ -11,7 +11,7 @@ def reference_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9) ->
     """PAPER.md's formula verbatim: five zero-padded 'same' ones-kernel window sums, then means."""
     ndim = fixed.ndim - 2
     conv = F.conv3d if ndim == 3 else F.conv2d
-    ones = torch.ones([1, 1] + [window] * ndim, dtype=fixed.dtype)
+    ones = torch.ones([1, 1] + [window] * ndim, dtype=fixed.dtype, device=fixed.device)
     s = {name: conv(x, ones, padding=window // 2) for name, x in
          {"I": fixed, "J": warped, "II": fixed * fixed, "JJ": warped * warped, "IJ": fixed * warped}.items()}
     n = window ** ndim
@@ -24,9 +24,9 @@ def reference_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9) ->
 
 @pytest.mark.parametrize("shape,window", [((2, 1, 11, 12, 13), 9), ((1, 1, 7, 8, 9), 5), ((1, 1, 15, 14), 9),
                                           ((1, 1, 5, 6, 7), 9), ((1, 1, 6, 6, 6), 1)])
-def test_ncc_equals_naive_formula_value_and_gradient(gen, shape, window):
-    fixed = torch.rand(shape, generator=gen, dtype=torch.float64)
-    warped = torch.rand(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+def test_ncc_equals_naive_formula_value_and_gradient(gen, device, shape, window):
+    fixed = torch.rand(shape, generator=gen, dtype=torch.float64).to(device)
+    warped = torch.rand(shape, generator=gen, dtype=torch.float64).to(device).requires_grad_(True)
     ours = ncc_loss(fixed, warped, window)
     (grad_ours,) = torch.autograd.grad(ours, warped)
     ref = reference_ncc(fixed, warped, window)
@@ -36,10 +36,10 @@ def test_ncc_equals_naive_formula_value_and_gradient(gen, shape, window):
     torch.testing.assert_close(naive_ncc_loss(fixed, warped.detach(), window), ref.detach(), rtol=1e-12, atol=0)
 
 
-def test_window_sum_equals_ones_convolution_and_is_self_adjoint(gen):
-    volume = torch.rand((2, 3, 6, 7, 12), generator=gen, dtype=torch.float64, requires_grad=True)
+def test_window_sum_equals_ones_convolution_and_is_self_adjoint(gen, device):
+    volume = torch.rand((2, 3, 6, 7, 12), generator=gen, dtype=torch.float64).to(device).requires_grad_(True)
     for window in (1, 3, 9, 15):
-        ones = torch.ones((1, 1, window, window, window), dtype=torch.float64)
+        ones = torch.ones((1, 1, window, window, window), dtype=torch.float64, device=device)
         expected = F.conv3d(volume.detach().reshape(6, 1, 6, 7, 12), ones, padding=window // 2).reshape(2, 3, 6, 7, 12)
         torch.testing.assert_close(window_sum(volume.detach(), window), expected, rtol=1e-12, atol=1e-12)
     small = volume[:1, :1, :4, :5, :6].detach().clone().requires_grad_(True)
@@ -47,14 +47,14 @@ def test_window_sum_equals_ones_convolution_and_is_self_adjoint(gen):
     assert torch.autograd.gradcheck(lambda v: window_sum(v, 9), (small,))
 
 
-def test_identical_textured_images_give_minus_one(gen):
-    image = torch.rand((1, 1, 12, 12, 12), generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(ncc_loss(image, image), torch.tensor(-1.0, dtype=torch.float64), atol=1e-6, rtol=0)
+def test_identical_textured_images_give_minus_one(gen, device):
+    image = torch.rand((1, 1, 12, 12, 12), generator=gen, dtype=torch.float64).to(device)
+    minus_one = torch.tensor(-1.0, dtype=torch.float64, device=device)
+    torch.testing.assert_close(ncc_loss(image, image), minus_one, atol=1e-6, rtol=0)
     image32 = image.float()
     assert abs(ncc_loss(image32, image32).item() + 1.0) < 1e-5
     # a scaled copy keeps the local correlation at one (an offset would not: zero padding)
-    torch.testing.assert_close(ncc_loss(image, 3 * image), torch.tensor(-1.0, dtype=torch.float64),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(ncc_loss(image, 3 * image), minus_one, atol=1e-6, rtol=0)
 
 
 def test_symmetric_and_bounded(gen):
@@ -73,9 +73,9 @@ def test_gradcheck_ncc(gen):
 
 @pytest.mark.parametrize("value", [0.0, 0.7, 123.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_constant_and_zero_images_are_finite(gen, value, dtype):
-    flat = torch.full((1, 1, 8, 9, 10), value, dtype=dtype, requires_grad=True)
-    textured = torch.rand((1, 1, 8, 9, 10), generator=gen, dtype=dtype, requires_grad=True)
+def test_constant_and_zero_images_are_finite(gen, device, value, dtype):
+    flat = torch.full((1, 1, 8, 9, 10), value, dtype=dtype, device=device, requires_grad=True)
+    textured = torch.rand((1, 1, 8, 9, 10), generator=gen, dtype=dtype).to(device).requires_grad_(True)
     for a, b in ((flat, flat), (flat, textured), (textured, flat)):
         loss = ncc_loss(a, b)
         grads = torch.autograd.grad(loss, (a, b))
@@ -84,9 +84,9 @@ def test_constant_and_zero_images_are_finite(gen, value, dtype):
         assert all(torch.isfinite(g).all() for g in grads)
 
 
-def test_fixed_sums_path_is_identical(gen):
-    fixed = torch.rand((2, 1, 9, 10, 11), generator=gen, dtype=torch.float64)
-    warped = torch.rand((2, 1, 9, 10, 11), generator=gen, dtype=torch.float64, requires_grad=True)
+def test_fixed_sums_path_is_identical(gen, device):
+    fixed = torch.rand((2, 1, 9, 10, 11), generator=gen, dtype=torch.float64).to(device)
+    warped = torch.rand((2, 1, 9, 10, 11), generator=gen, dtype=torch.float64).to(device).requires_grad_(True)
     sums = fixed_window_sums(fixed, 9)
     assert sums.shape == (2, 2, 9, 10, 11) and not sums.requires_grad
     plain = local_ncc(fixed, warped, 9)
@@ -113,8 +113,8 @@ def test_diffusion_closed_form(gen):
     torch.testing.assert_close(diffusion_loss(disp2d), torch.tensor(a * a / 4, dtype=torch.float64))
 
 
-def test_diffusion_matches_reference_and_per_sample_terms(gen):
-    disp = torch.randn((3, 3, 5, 6, 7), generator=gen, dtype=torch.float64)
+def test_diffusion_matches_reference_and_per_sample_terms(gen, device):
+    disp = torch.randn((3, 3, 5, 6, 7), generator=gen, dtype=torch.float64).to(device)
     dy = disp[:, :, 1:] - disp[:, :, :-1]
     dx = disp[:, :, :, 1:] - disp[:, :, :, :-1]
     dz = disp[:, :, :, :, 1:] - disp[:, :, :, :, :-1]
@@ -149,9 +149,9 @@ def test_bad_inputs_raise_clear_errors():
 
 @pytest.mark.parametrize("shape,window", [((2, 1, 9, 10, 11), 9), ((1, 1, 7, 8, 9), 5), ((1, 1, 15, 14), 9),
                                           ((2, 1, 6, 7), 3), ((1, 1, 6, 6, 6), 1)])
-def test_fixed_image_ncc_closed_form_gradient_equals_autograd_of_reference(gen, shape, window):
-    fixed = torch.rand(shape, generator=gen, dtype=torch.float64)
-    warped = torch.rand(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+def test_fixed_image_ncc_closed_form_gradient_equals_autograd_of_reference(gen, device, shape, window):
+    fixed = torch.rand(shape, generator=gen, dtype=torch.float64).to(device)
+    warped = torch.rand(shape, generator=gen, dtype=torch.float64).to(device).requires_grad_(True)
     # per-sample energies of the PAPER.md formula (conv-based), differentiated by autograd
     expected = torch.stack([reference_ncc(fixed[b:b + 1], warped[b:b + 1], window) for b in range(shape[0])])
     (grad_expected,) = torch.autograd.grad(expected.sum(), warped)
@@ -179,12 +179,12 @@ def test_fixed_image_ncc_gradient_matches_finite_differences(gen):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fixed_image_ncc_flat_regions_follow_the_clamped_autograd_gradient(gen, dtype):
+def test_fixed_image_ncc_flat_regions_follow_the_clamped_autograd_gradient(gen, device, dtype):
     """Flat warped images: round-off can make D − B²/n negative, where the clamp passes no gradient."""
-    fixed = torch.rand((1, 1, 8, 9, 10), generator=gen, dtype=dtype)
+    fixed = torch.rand((1, 1, 8, 9, 10), generator=gen, dtype=dtype).to(device)
     for value in (0.0, 0.7, 123.0):
-        warped = torch.full((1, 1, 8, 9, 10), value, dtype=dtype, requires_grad=True)
-        warped.data[..., :4] += torch.rand((1, 1, 8, 9, 4), generator=gen, dtype=dtype)  # half textured
+        warped = torch.full((1, 1, 8, 9, 10), value, dtype=dtype, device=device, requires_grad=True)
+        warped.data[..., :4] += torch.rand((1, 1, 8, 9, 4), generator=gen, dtype=dtype).to(device)  # half textured
         expected = -local_ncc(fixed, warped).flatten(1).mean(1)
         (grad_expected,) = torch.autograd.grad(expected.sum(), warped)
         energy, grad = FixedImageNCC(fixed).energy_and_grad(warped)
@@ -203,8 +203,8 @@ def test_fixed_image_ncc_bad_inputs():
         FixedImageNCC(torch.rand(1, 1, 6, 6, 6)).energy(torch.rand(1, 1, 6, 6, 5))
 
 
-def test_box_sum_with_scratch_buffers_equals_fresh_allocation(gen):
-    volume = torch.rand((2, 3, 7, 8, 9), generator=gen, dtype=torch.float64)
+def test_box_sum_with_scratch_buffers_equals_fresh_allocation(gen, device):
+    volume = torch.rand((2, 3, 7, 8, 9), generator=gen, dtype=torch.float64).to(device)
     scratch = (torch.empty_like(volume), torch.empty_like(volume))
     for window in (1, 3, 9):
         expected = window_sum(volume, window)
@@ -220,13 +220,13 @@ def _reference_smoothloss(y_pred):
     return (torch.mean(dx * dx) + torch.mean(dy * dy) + torch.mean(dz * dz)) / 3.0
 
 
-def test_lku_smoothness_loss_is_the_reference_formula_on_the_normalised_field(gen):
-    disp = torch.randn((2, 3, 6, 9, 5), generator=gen, dtype=torch.float64)
-    normalised = disp * torch.tensor([2 / 5, 2 / 8, 2 / 4], dtype=torch.float64).view(1, 3, 1, 1, 1)
+def test_lku_smoothness_loss_is_the_reference_formula_on_the_normalised_field(gen, device):
+    disp = torch.randn((2, 3, 6, 9, 5), generator=gen, dtype=torch.float64).to(device)
+    normalised = disp * torch.tensor([2 / 5, 2 / 8, 2 / 4], dtype=torch.float64, device=device).view(1, 3, 1, 1, 1)
     torch.testing.assert_close(lku_smoothness_loss(disp), _reference_smoothloss(normalised), rtol=1e-12, atol=0)
     # a linear field u_0 = x_0 (unit differences along axis 0 only): (n_0/(n_0-1))^2 / 3
-    linear = torch.zeros((1, 3, 6, 9, 5), dtype=torch.float64)
-    linear[:, 0] = torch.arange(6, dtype=torch.float64).view(6, 1, 1)
+    linear = torch.zeros((1, 3, 6, 9, 5), dtype=torch.float64, device=device)
+    linear[:, 0] = torch.arange(6, dtype=torch.float64, device=device).view(6, 1, 1)
     assert float(lku_smoothness_loss(linear)) == pytest.approx((6 / 5) ** 2 / 3 / 3)
     with pytest.raises(ValueError, match="3-D"):
         lku_smoothness_loss(torch.zeros(1, 2, 4, 4))
@@ -236,9 +236,9 @@ def test_lku_smoothness_loss_is_the_reference_formula_on_the_normalised_field(ge
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 9, 10, 11), (1, 1, 6, 7), (3, 1, 4, 5, 6)])
-def test_fixed_image_mse_closed_form_gradient_equals_autograd_in_float64(gen, shape):
-    fixed = torch.rand(shape, generator=gen, dtype=torch.float64)
-    warped = (torch.rand(shape, generator=gen, dtype=torch.float64) * 3 - 1).requires_grad_(True)
+def test_fixed_image_mse_closed_form_gradient_equals_autograd_in_float64(gen, device, shape):
+    fixed = torch.rand(shape, generator=gen, dtype=torch.float64).to(device)
+    warped = (torch.rand(shape, generator=gen, dtype=torch.float64) * 3 - 1).to(device).requires_grad_(True)
     expected = torch.stack([F.mse_loss(warped[b:b + 1], fixed[b:b + 1]) for b in range(shape[0])])
     (grad_expected,) = torch.autograd.grad(expected.sum(), warped)
     mse = FixedImageMSE(fixed)

@@ -1,4 +1,5 @@
-"""Tests for ofg.models: the four registration networks and the registry (CPU, small volumes)."""
+"""Tests for ofg.models: the four registration networks and the registry (small volumes; forward,
+backward and the bfloat16 fast path on ``--device``, the rest on the CPU)."""
 
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ PAPER_TRANSMORPH_WINDOWS = {"ixi": (5, 6, 7), "oasis": (5, 6, 7), "lpba": (5, 6,
 SMALL_TEST_SIZE = {"voxelmorph": 32, "transmorph": 32, "vitvnet": 32, "lkunet": 32}
 
 
-def _pair(size, seed: int = 0) -> torch.Tensor:
+def _pair(size, seed: int = 0, device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """(moving, fixed) as one (1,2,*size) tensor, drawn on the CPU and moved to ``device``."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.rand((1, 2, *size), generator=generator)
+    return torch.rand((1, 2, *size), generator=generator).to(device)
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -69,12 +71,13 @@ def test_vitvnet_position_embedding_scales_with_tokens():
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_small_forward_backward(name):
+def test_small_forward_backward(name, device):
     torch.manual_seed(0)
     size = (SMALL_TEST_SIZE[name],) * 3
-    model = build_model(name, size, size="small")
-    x = _pair(size)
+    model = build_model(name, size, size="small").to(device)
+    x = _pair(size, device=device)
     warped, disp = model(x)
+    assert warped.device == disp.device == x.device
     assert warped.shape == (1, 1, *size)
     assert disp.shape == (1, 3, *size)
     torch.testing.assert_close(warped, warp(x[:, :1], disp))
@@ -86,11 +89,11 @@ def test_small_forward_backward(name):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_near_identity_at_init(name):
+def test_near_identity_at_init(name, device):
     torch.manual_seed(1)
     size = (SMALL_TEST_SIZE[name],) * 3
-    model = build_model(name, size, size="small")
-    x = _pair(size, seed=1)
+    model = build_model(name, size, size="small").to(device)
+    x = _pair(size, seed=1, device=device)
     warped, disp = model(x)
     assert disp.abs().max() < 1e-2
     assert (warped - x[:, :1]).abs().max() < 1e-2
@@ -107,14 +110,15 @@ def test_paper_size_models_near_identity_on_small_input(name):
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_deterministic_under_seed(name):
+def test_deterministic_under_seed(name, device):
     size = (SMALL_TEST_SIZE[name],) * 3
-    x = _pair(size, seed=2)
+    x = _pair(size, seed=2, device=device)
     outputs = []
     for _ in range(2):
         torch.manual_seed(123)
         model = build_model(name, size, size="small").eval()
         init_flow_head_(model.flow_head, std=1e-2)  # a visible field, so that the comparison means something
+        model.to(device)
         with torch.no_grad():
             outputs.append(model(x))
     torch.testing.assert_close(outputs[0][1], outputs[1][1], rtol=0, atol=0)
@@ -395,14 +399,14 @@ def test_bench_training_iteration_runs_and_updates():
         time_training_iteration("voxelmorph", "small", (32, 32, 32), torch.device("cpu"), repeats=0)
 
 
-def test_large_kernel_conv_leaves_autocast_only_when_an_axis_is_shorter_than_its_kernel():
+def test_large_kernel_conv_leaves_autocast_only_when_an_axis_is_shorter_than_its_kernel(device):
     from ofg.models.lkunet import LargeKernelConv
     torch.manual_seed(0)
-    conv = LargeKernelConv(8, 8, 5, padding=2)
+    conv = LargeKernelConv(8, 8, 5, padding=2).to(device)
     for size, expected in (((3, 4, 3), torch.float32), ((6, 6, 6), torch.bfloat16)):
-        x, g = torch.randn(1, 8, *size), torch.randn(1, 8, *size)
+        x, g = torch.randn(1, 8, *size).to(device), torch.randn(1, 8, *size).to(device)
         reference = torch.autograd.grad(conv(x), conv.weight, g)[0]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             y = conv(x)
         assert y.dtype == expected
         gradient = torch.autograd.grad(y.float(), conv.weight, g)[0]
@@ -411,7 +415,7 @@ def test_large_kernel_conv_leaves_autocast_only_when_an_axis_is_shorter_than_its
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_small_lkunet_gradients_on_the_fast_path_match_float32(seed):
+def test_small_lkunet_gradients_on_the_fast_path_match_float32(seed, device):
     """48x64x48: the deepest level is 3x4x3 against the 5^3 large kernel (the case bf16 gets wrong).
 
     Measured relative error of that layer's bf16 weight gradient against float32, seeds 0-2: 0.10-0.17
@@ -421,8 +425,9 @@ def test_small_lkunet_gradients_on_the_fast_path_match_float32(seed):
     size = (48, 64, 48)
     torch.manual_seed(seed)
     model = build_model("lkunet", size, size="small")
-    init_flow_head_(model.flow_head, std=1e-2)
-    moving, fixed = _pair(size, seed).split(1, dim=1)
+    init_flow_head_(model.flow_head, std=1e-2)  # on the CPU: the same weights on every device
+    model.to(device)
+    moving, fixed = _pair(size, seed, device).split(1, dim=1)
     gradients = []
     for amp in (False, True):
         model.zero_grad()

@@ -211,6 +211,26 @@ def test_resume_after_simulated_kills_is_bitwise_exact(tmp_path):
             assert torch.equal(ref_opt[key][name], got_opt[key][name])
 
 
+def test_resume_continues_the_device_rng_stream_and_is_exact(tmp_path, device):
+    """Exact resume on --device (an OFG run with flips, both directions): every step draws a number on
+    the device, as dropout would (on CUDA from the CUDA generator, which the checkpoint must carry); a
+    run stopped after epoch 1 and resumed draws in epoch 2 what the straight run drew, and ends with its
+    weights. On CUDA the device fixture asks cuDNN for deterministic algorithms."""
+    config = resume_config(device=device.type)
+
+    def recorder(draws: list[float]):
+        return lambda step: draws.append(torch.rand(1, device=device).item())
+
+    straight, first, second = [], [], []
+    reference = train(config, tmp_path / "straight", progress=False, _step_callback=recorder(straight))
+    stopped = train(config, tmp_path / "stopped", progress=False, stop_after_epochs=1, _step_callback=recorder(first))
+    if device.type == "cuda":
+        assert "cuda" in read_checkpoint(stopped / "checkpoints" / "last.pt")["rng"]
+    train(config, stopped, progress=False, _step_callback=recorder(second))
+    assert len(first) == len(second) == 4 and first + second == straight
+    assert_same_weights(weights(reference), weights(stopped))
+
+
 def test_reference_pairing_trains_new_pairs_every_epoch_and_resumes_exactly(tmp_path, monkeypatch):
     """OASIS with train_pairs='reference' (pkl fixture): every epoch trains that epoch's pairs, both ways,
     and a run killed mid-epoch resumes to the weights of an uninterrupted one."""
@@ -434,19 +454,19 @@ def test_cuda_without_cuda_is_refused(tmp_path):
         train(make_config(device="cuda"), tmp_path / "a", progress=False)
 
 
-def test_amp_runs_the_network_in_bfloat16_and_the_loss_in_float32(tmp_path, monkeypatch):
+def test_amp_runs_the_network_in_bfloat16_and_the_loss_in_float32(tmp_path, monkeypatch, device):
     import ofg.objectives as engine
 
     seen = []
     original = engine.ncc_loss
 
     def spy(fixed, warped, window=9):
-        seen.append(warped.dtype)
+        seen.append((warped.dtype, warped.device.type))
         return original(fixed, warped, window)
 
     monkeypatch.setattr(engine, "ncc_loss", spy)
-    run = train(make_config("unsupervised", epochs=1, amp=True), tmp_path / "run", progress=False)
-    assert seen and set(seen) == {torch.float32}
+    run = train(make_config("unsupervised", epochs=1, amp=True, device=device.type), tmp_path / "run", progress=False)
+    assert seen and set(seen) == {(torch.float32, device.type)}
     assert all(t.dtype == torch.float32 for t in weights(run).values())
 
 

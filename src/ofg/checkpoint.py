@@ -17,6 +17,7 @@ dicts, so it loads with ``torch.load(weights_only=True)`` (no pickled code runs)
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,12 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
+    """Inverse of :func:`capture_rng_state`; the states may lie on any device (``read_checkpoint``'s
+    ``map_location``). CUDA states are restored when as many devices are visible as were saved; otherwise
+    a RuntimeWarning says the resumed run is not bitwise exact."""
     torch.set_rng_state(state["torch"].cpu())
     np_state = state["numpy"]
-    np.random.set_state((np_state["bit_generator"], np_state["keys"].numpy().astype(np.uint32),
+    np.random.set_state((np_state["bit_generator"], np_state["keys"].cpu().numpy().astype(np.uint32),
                          np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"]))
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
@@ -64,6 +67,10 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         cuda_states = [s.cpu() for s in state["cuda"]]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            warnings.warn(f"the checkpoint holds the CUDA RNG states of {len(cuda_states)} device(s) but "
+                          f"{torch.cuda.device_count()} are visible: they are not restored, so this resumed run "
+                          "is not a bitwise continuation", RuntimeWarning, stacklevel=2)
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:

@@ -213,12 +213,23 @@ def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps:
     return phi, energies
 
 
+@dataclass(frozen=True)
+class OFGInfo:
+    """Diagnostics of one :class:`OFGLoss` call: ``energies``, the refinement's ``steps + 1`` batch-mean
+    energies (before each step and after the last, as :func:`refine` returns them), and
+    ``refine_seconds``, the wall time of the refinement in seconds."""
+
+    energies: tuple[float, ...]
+    refine_seconds: float
+
+
 class OFGLoss(nn.Module):
     """OFG guidance loss: MSE(disp_pred, refine(moving, fixed, disp_pred)).
 
     The refinement runs on detached inputs, so the gradient flows into ``disp_pred`` only.
-    ``lr`` may be changed between epochs (see :func:`poly_lr`). After each call,
-    ``last_energies`` holds the refinement energies and ``last_refine_seconds`` its wall time.
+    ``lr`` may be changed between epochs (see :func:`poly_lr`). A call keeps no state: its
+    diagnostics come back with the loss when asked (``return_info=True``, :class:`OFGInfo`),
+    so one instance may be called re-entrantly or through a wrapper module.
     """
 
     def __init__(self, steps: int = 10, lr: float = 0.1, reg_weight: float = 1.0, window: int = 9,
@@ -231,18 +242,18 @@ class OFGLoss(nn.Module):
         self.window = window
         self.image = image
         self.regularizer = regularizer
-        self.last_energies: list[float] = []
-        self.last_refine_seconds: float = 0.0
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, disp_pred: torch.Tensor) -> torch.Tensor:
-        """``moving``, ``fixed`` (B,1,D,H,W); ``disp_pred`` (B,3,D,H,W) in voxels → scalar loss."""
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, disp_pred: torch.Tensor, *,
+                return_info: bool = False) -> torch.Tensor | tuple[torch.Tensor, OFGInfo]:
+        """``moving``, ``fixed`` (B,1,D,H,W); ``disp_pred`` (B,3,D,H,W) in voxels → the scalar loss, or
+        ``(loss, OFGInfo)`` with ``return_info`` (the same loss: one computation serves both)."""
         start = time.perf_counter()
         disp_opt, energies = refine(moving.detach(), fixed.detach(), disp_pred.detach(), steps=self.steps,
                                     lr=self.lr, reg_weight=self.reg_weight, window=self.window, image=self.image,
                                     regularizer=self.regularizer, fused=self.fused)
-        self.last_refine_seconds = time.perf_counter() - start
-        self.last_energies = energies
-        return F.mse_loss(disp_pred, disp_opt)
+        seconds = time.perf_counter() - start
+        loss = F.mse_loss(disp_pred, disp_opt)
+        return (loss, OFGInfo(tuple(energies), seconds)) if return_info else loss
 
     @classmethod
     def from_settings(cls, settings: RefineSettings) -> "OFGLoss":

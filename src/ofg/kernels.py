@@ -23,6 +23,7 @@ compile on first use and are cached on disk (``cache=True``).
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import numba
@@ -268,8 +269,28 @@ class Sample:
         return energy
 
 
-_SAMPLES: dict[tuple, list[Sample]] = {}  # the workspaces of the latest (shape, dtype)
+_SAMPLES: dict[tuple, list[Sample]] = {}  # the idle workspaces of the latest (shape, dtype)
+_SAMPLES_LOCK = threading.Lock()
 KEEP_BYTES = 2**28  #: workspaces over this size are freed after the call
+
+
+def _take_workspaces(shape: tuple[int, int, int], dtype: torch.dtype, batch: int) -> list[Sample]:
+    """At least ``batch`` workspaces for volumes of ``shape`` (D,H,W), owned by the caller until
+    :func:`_return_workspaces`: taken out of the cache, so a nested call (from a callback) or one from
+    another thread finds none and makes its own instead of overwriting these."""
+    with _SAMPLES_LOCK:
+        work = _SAMPLES.pop((shape, dtype), [])
+        _SAMPLES.clear()  # another size's workspaces: freed before these are allocated
+    numpy_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    return work + [Sample(shape, numpy_dtype) for _ in range(batch - len(work))]
+
+
+def _return_workspaces(shape: tuple[int, int, int], dtype: torch.dtype, work: list[Sample]) -> None:
+    """Keep ``work`` as the cache's only entry, unless it is over :data:`KEEP_BYTES` (31 volumes a sample)."""
+    with _SAMPLES_LOCK:
+        _SAMPLES.clear()
+        if 31 * work[0].fixed.nbytes * len(work) <= KEEP_BYTES:
+            _SAMPLES[(shape, dtype)] = work
 
 
 @keeps_torch_threads
@@ -279,14 +300,13 @@ def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps:
     """:func:`ofg.fused.refine` for CPU tensors of one dtype (:data:`DTYPES`): ``moving``, ``fixed``
     (B,1,D,H,W), ``disp`` (B,3,D,H,W) in voxels → (φ, the steps + 1 batch-mean energies), calling
     ``callback(k, φ_k, E_k)`` for k = 0..steps as :func:`ofg.guidance.refine`. Numba gets torch's thread
-    count; torch keeps it (see :func:`~ofg.runtime.keeps_torch_threads`). Not reentrant (shared workspaces)."""
+    count; torch keeps it (see :func:`~ofg.runtime.keeps_torch_threads`). Reentrant: the workspaces a call
+    uses are its own until it returns (:func:`_take_workspaces`); φ and the callback's fields are copies."""
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    if (key := (tuple(moving.shape[2:]), disp.dtype)) not in _SAMPLES:
-        _SAMPLES.clear()
-    work = _SAMPLES.setdefault(key, [])
-    work += [Sample(key[0], disp.detach().numpy().dtype) for _ in range(moving.shape[0] - len(work))]
+    shape, batch = tuple(moving.shape[2:]), moving.shape[0]
+    owned = _take_workspaces(shape, disp.dtype, batch)
     work = [sample.load(moving[b, 0], fixed[b, 0], disp[b], reg_weight, window)
-            for b, sample in enumerate(work[:moving.shape[0]])]
+            for b, sample in enumerate(owned[:batch])]
     energies: list[float] = []
     for step in range(steps):
         energies.append(float(np.mean([sample.step(step + 1, lr) for sample in work])))
@@ -294,8 +314,7 @@ def refine(moving: torch.Tensor, fixed: torch.Tensor, disp: torch.Tensor, steps:
             callback(step, torch.stack([torch.from_numpy(s.out) for s in work]), energies[-1])
     energies.append(float(np.mean([sample.energy() for sample in work])))
     phi = torch.stack([torch.from_numpy(sample.u) for sample in work])
-    if 31 * work[0].fixed.nbytes * len(work) > KEEP_BYTES:  # 31 volumes per sample
-        _SAMPLES.clear()
+    _return_workspaces(shape, disp.dtype, owned)
     if callback is not None:
         callback(steps, phi, energies[-1])
     return phi, energies

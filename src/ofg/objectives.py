@@ -98,10 +98,9 @@ class OnTheFlyGuidance(Objective):
         return self.criterion.lr
 
     def target_terms(self, moving, fixed, warped, disp, key, flips):
-        mse = self.criterion(moving, fixed, disp)
-        energies = self.criterion.last_energies
-        terms = {"mse": mse, "energy_before": energies[0], "energy_after": energies[-1]}
-        return self.config.loss.mse_weight * mse, terms, self.criterion.last_refine_seconds
+        mse, info = self.criterion(moving, fixed, disp, return_info=True)
+        terms = {"mse": mse, "energy_before": info.energies[0], "energy_after": info.energies[-1]}
+        return self.config.loss.mse_weight * mse, terms, info.refine_seconds
 
 
 class SelfTraining(Objective):
