@@ -1,7 +1,7 @@
 """OFG: on-the-fly guidance training for medical image registration.
 
 The public API (``warp``, ``integrate``, ``compose``, ``resize_displacement``, ``ncc_loss``,
-``diffusion_loss``, ``refine``, ``OFGLoss``, ``poly_lr``) is imported on first use, so that
+``diffusion_loss``, ``refine``, ``OFGLoss``, ``OFGInfo``, ``poly_lr``) is imported on first use, so that
 ``import ofg.plan`` (what the Snakefile does while parsing) needs neither torch nor numba: a Snakemake
 host with Snakemake alone parses the workflow, and each rule's environment does the computing.
 """
@@ -19,7 +19,7 @@ except _PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 #: public name -> the module that defines it
-_API = {"OFGLoss": "guidance", "poly_lr": "guidance", "refine": "guidance", "diffusion_loss": "losses",
+_API = {"OFGLoss": "guidance", "OFGInfo": "guidance", "poly_lr": "guidance", "refine": "guidance", "diffusion_loss": "losses",
         "ncc_loss": "losses", "compose": "spatial", "integrate": "spatial", "resize_displacement": "spatial",
         "warp": "spatial"}
 
@@ -35,4 +35,4 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["warp", "integrate", "compose", "resize_displacement", "ncc_loss", "diffusion_loss", "refine",
-           "OFGLoss", "poly_lr", "__version__"]
+           "OFGLoss", "OFGInfo", "poly_lr", "__version__"]

@@ -14,6 +14,7 @@ voxels as in the network loss (the reference's unit mix is not reproduced: :clas
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
