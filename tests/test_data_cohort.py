@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -195,6 +196,18 @@ def test_shape_mismatch_and_missing_files_are_reported(tmp_path, brain_root):
     (copy2 / "images" / "subject_001.nii.gz").unlink()
     with pytest.raises(DataError, match="subject_001.nii.gz"):
         open_embedded_brain(copy2)
+
+
+def test_image_size_option_is_checked_against_the_manifest(brain_root, ct_root):
+    shape = tuple(json.loads((brain_root / "manifest.json").read_text())["shape"])
+    assert open_dataset("embedded-brain", brain_root, image_size=list(shape)).image_size == shape
+    assert open_dataset("embedded-ct", ct_root, image_size=None).image_size == open_embedded_ct(ct_root).image_size
+    other = tuple(s + 16 for s in shape)
+    message = rf"manifest\.json: the cohort's images are {re.escape(str(shape))}.*image_size {re.escape(str(other))}"
+    with pytest.raises(DataError, match=message):
+        open_dataset("embedded-brain", brain_root, image_size=list(other))
+    with pytest.raises(ValueError, match="embedded cohort must be None"):
+        open_embedded_ct(ct_root, image_size="paper")
 
 
 def test_verify_files_detects_a_changed_file(tmp_path, brain_root):

@@ -1,4 +1,4 @@
-"""The dataset registry, the four real-data fixture roots, and check_image_size."""
+"""The dataset registry, the four real-data fixture roots (and `python -m ofg.data fixtures`), and check_image_size."""
 
 from __future__ import annotations
 
@@ -79,3 +79,14 @@ def test_datasets_pickle_for_worker_processes(roots):
         assert clone.pairs("val").keys == ds.pairs("val").keys
         for x, y in zip(a, b):
             assert (x == y).all()
+
+
+def test_fixtures_command_writes_the_four_layouts_that_open_at_their_own_size(tmp_path, capsys):
+    from ofg.data.__main__ import main
+
+    assert main(["fixtures", str(tmp_path / "fixtures")]) == 0
+    printed = capsys.readouterr().out
+    for name in REAL:
+        root = tmp_path / "fixtures" / name
+        assert str(root) in printed
+        assert open_dataset(name, root, image_size=None).pairs("test")[0].moving.shape == (16, 16, 16)

@@ -184,6 +184,15 @@ def test_bad_img_size(name, size, factor):
         build_model(name, size)
 
 
+def test_vitvnet_refuses_a_single_token_grid_it_cannot_train():
+    # 16^3 with the small patch 4: one token, whose BatchNorm fails at batch size 1 in training mode
+    with pytest.raises(ValueError, match=r"vitvnet: img_size \(16, 16, 16\) .* single 4\^3 patch .*e\.g\. \(32, 16, 16\)"):
+        build_model("vitvnet", 16, size="small")
+    model = build_model("vitvnet", (32, 16, 16), size="small").train()
+    warped, disp = model(torch.rand(1, 2, 32, 16, 16))
+    assert disp.shape == (1, 3, 32, 16, 16)
+
+
 def test_bad_img_size_values():
     for bad in [(64, 64), (64, 64, 0), "64", (64.5, 64, 64)]:
         with pytest.raises(ValueError, match="img_size"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -271,6 +272,66 @@ def test_dry_run_paper_config_with_fixture_roots(tmp_path):
     assert counts["train"] == 32 + 2 + 4
     assert "prepare_data" not in counts  # real data is read in place
     assert '"epochs": 500' in result.stdout and '"size": "paper"' in result.stdout
+
+
+FIXTURES_HEADING = "### Trying `paper.yaml` before you have the data"
+
+
+def readme_commands(heading: str) -> list[list[str]]:
+    """The commands of the first bash block after ``heading`` in README.md, split as a shell would."""
+    block = (REPO / "README.md").read_text().split(heading)[1].split("```bash")[1].split("```")[0]
+    return [shlex.split(line) for line in block.strip().splitlines()]
+
+
+def paper_fixtures_config(results: Path) -> dict:
+    """config/paper.yaml with config/paper-fixtures.yaml merged over it as Snakemake merges config files."""
+    from snakemake.utils import update_config, validate
+
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    update_config(config, yaml.safe_load((REPO / "config" / "paper-fixtures.yaml").read_text()))
+    config["results"] = str(results)
+    validate(config, str(REPO / "config" / "schema.yaml"))
+    return config
+
+
+@pytest.mark.slow
+def test_paper_config_runs_end_to_end_on_the_fixture_roots(tmp_path):
+    """README's two commands (fixtures of the four layouts, then paper.yaml with paper-fixtures.yaml merged
+    over it) run every rule of paper.yaml's plan to the report; every table holds rows of its datasets."""
+    import time
+
+    import pandas as pd
+
+    from ofg.report import output_paths
+
+    fixtures, workflow = readme_commands(FIXTURES_HEADING)
+    assert fixtures[:4] == ["python", "-m", "ofg.data", "fixtures"] and workflow[0] == "snakemake"
+    made = subprocess.run([sys.executable, *fixtures[1:]], cwd=tmp_path, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    start = time.perf_counter()  # run from the repository, as the README says, in a scratch work folder
+    result = snakemake(*workflow[1:], "--directory", str(tmp_path), timeout=600)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr[-5000:]
+    print(f"paper.yaml on fixtures: {elapsed:.0f} s")
+    assert elapsed < 300
+    config = paper_fixtures_config(tmp_path / "results" / "paper-fixtures")
+    datasets = ["ixi", "oasis", "lpba", "abdomen"]
+    assert list(config["datasets"]) == datasets and config["baselines"]["datasets"] == datasets
+    counts = job_counts(result.stdout + result.stderr)  # a real run logs its job stats to stderr
+    assert counts["train"] == len(ofg_plan.training_runs(config)) == 4 * 2 + 2 + 1
+    assert (counts["baselines"], counts["refinement"], counts["tables_and_figures"]) == (4, 1, 1)
+    for output in output_paths(ofg_plan.report_plan(config)):
+        assert output.is_file() and output.stat().st_size > 0, output
+    tables = Path(config["results"]) / "tables"
+    main = pd.read_csv(tables / "main_results.csv")
+    methods = {"unsupervised", "OFG", "before registration", "instance optimisation", "SyN (ANTs)"}
+    for dataset in datasets:
+        rows = main[main["dataset"] == dataset]
+        assert set(rows["method"]) == methods and (rows["n_pairs"] > 0).all(), dataset
+        assert rows["dice_mean"].between(0, 1).all(), dataset
+    assert set(pd.read_csv(tables / "self_training.csv")["dataset"]) == {"lpba"}
+    assert set(pd.read_csv(tables / "step_ablation.csv")["dataset"]) == {"ixi"}
+    assert set(pd.read_csv(tables / "training_cost.csv")["dataset"]) == set(datasets)
 
 
 def test_paper_config_without_roots_fails_clearly():

@@ -92,6 +92,7 @@ def check_config(config: Mapping[str, Any]) -> None:
         if name in EMBEDDED and entry.get("root"):
             raise ValueError(f"config datasets.{name}.root: embedded cohorts are prepared by the workflow "
                              f"under <results>/data/{name}; remove the root (got {entry['root']!r})")
+        dataset_options(config, name)  # raises on options.image_size
     for experiment in ("self_training", "ablation", "refinement", "baselines"):
         section = config[experiment]
         for name in section["datasets"]:
@@ -141,6 +142,25 @@ def wildcard_lists(runs: list[Run]) -> dict[str, list[str]]:
     return {name: [getattr(run.key, name) for run in runs] for name in RunKey._fields}
 
 
+def dataset_options(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """The keyword arguments of ``dataset``'s loader (:func:`ofg.data.open_dataset`) in every stage that
+    opens it (training, and through the run config the evaluation; refinement; baselines):
+    ``datasets.<dataset>.options`` plus, where the key is given, ``datasets.<dataset>.image_size`` as the
+    loader's ``image_size`` option ([D,H,W] = every image must have it; null = the files' own size).
+    Absent, the loader's default holds (a real dataset's paper size, an embedded cohort's manifest size).
+    ``options.image_size`` is refused: the expected size has one key."""
+    entry = config["datasets"][dataset]
+    options = dict(entry.get("options") or {})
+    if "image_size" in options:
+        raise ValueError(f"config datasets.{dataset}.options.image_size: the expected image size is set by "
+                         f"datasets.{dataset}.image_size alone ([D, H, W], or null to take it from the files); "
+                         "move it there")
+    if "image_size" in entry:
+        size = entry["image_size"]
+        options["image_size"] = None if size is None else [int(s) for s in size]
+    return options
+
+
 def data_root(config: Mapping[str, Any], dataset: str) -> Path:
     """Folder of ``dataset``: the prepared cohort for embedded data, the user's root for real data."""
     if dataset in EMBEDDED:
@@ -180,7 +200,9 @@ def dice_rule(config: Mapping[str, Any], dataset: str) -> str:
 
 def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
     """The run config (see :mod:`ofg.config`) of ``run``, validated; the teacher of a self-training run
-    is the best checkpoint of the same dataset and model's unsupervised run. The dataset's
+    is the best checkpoint of the same dataset and model's unsupervised run. The dataset's loader options
+    are :func:`dataset_options` (its expected image size included, so the evaluation, which reopens the
+    dataset from the checkpoint's run config, checks it too). The dataset's
     ``model_options`` of ``run.model`` become the model's constructor overrides (e.g. TransMorph's
     per-dataset window); ``loss`` and ``ofg`` are :func:`protocol`'s; ``datasets.<dataset>.epochs``, where
     given, replaces ``training.epochs``."""
@@ -192,7 +214,7 @@ def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
         ofg["steps"] = run.steps
     out: dict[str, Any] = {
         "dataset": {"name": run.dataset, "root": str(data_root(config, run.dataset)),
-                    "options": dict(entry.get("options", {}))},
+                    "options": dataset_options(config, run.dataset)},
         "model": {"name": run.model, "size": config["model_size"],
                   "overrides": dict(entry.get("model_options", {}).get(run.model, {}))},
         "method": run.method,
@@ -219,7 +241,7 @@ def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
 def train_parameters(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
     """Notebook 02's parameters for ``run``."""
     return {"run_config": run_config(config, run), "out_dir": str(layout(config).run(run.key).path),
-            "image_size": config["datasets"][run.dataset].get("image_size"), "progress": False}
+            "progress": False}
 
 
 def evaluate_parameters(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
@@ -242,7 +264,7 @@ def refinement_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, 
                 "regularizer": energy["loss"].get("regularizer", LossConfig.regularizer),
                 "fused": config["ofg"].get("fused", False)}
     return {"dataset_name": dataset, "root": str(data_root(config, dataset)),
-            "options": dict(config["datasets"][dataset].get("options", {})),
+            "options": dataset_options(config, dataset),
             "model_name": section["model"], "model_size": config["model_size"], "starts": list(section["starts"]),
             "settings": settings, "label_mode": config["evaluation"]["label_mode"],
             "dice_rule": dice_rule(config, dataset),
@@ -257,7 +279,7 @@ def baseline_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, An
     section, evaluation = config["baselines"], config["evaluation"]
     settings = {key: config["ofg"][key] for key in ("lr", "reg_weight", "window")}
     return {"dataset_name": dataset, "root": str(data_root(config, dataset)),
-            "options": dict(config["datasets"][dataset].get("options", {})), "methods": list(section["methods"]),
+            "options": dataset_options(config, dataset), "methods": list(section["methods"]),
             "settings": {**settings, "steps": section["instance_steps"]}, "split": evaluation["split"],
             "label_mode": evaluation["label_mode"], "dice_rule": dice_rule(config, dataset), "hd95": evaluation["hd95"],
             "device": config["device"], "out": str(layout(config).baselines(dataset))}

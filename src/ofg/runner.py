@@ -7,7 +7,7 @@ the same parameters and paths as the workflow's rules, so results made either wa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from ofg import plan
 from ofg.config import TEACHER_METHODS, coerce, resolve
@@ -21,27 +21,14 @@ from ofg.layout import RunFolder
 from ofg.train import train
 
 
-def train_or_resume(run_config: Mapping[str, Any], out_dir: str | Path, *,
-                    image_size: Sequence[int] | None = None, progress: bool = False) -> Path:
+def train_or_resume(run_config: Mapping[str, Any], out_dir: str | Path, *, progress: bool = False) -> Path:
     """The workflow's training entry point: train, resume or skip ``run_config`` in ``out_dir``.
 
-    A folder whose run cannot be continued (config, teacher or cohort changed) is started over;
-    ``image_size`` (D,H,W), when given, must be the dataset's.
+    A folder whose run cannot be continued (config, teacher or cohort changed) is started over. The
+    expected image size is the loader's ``image_size`` option in the run config's dataset options
+    (:func:`ofg.plan.dataset_options`): the loader raises on the first file of another size.
     """
-    check_image_size(run_config, image_size)
     return train(run_config, out_dir, if_stale="restart", progress=progress)
-
-
-def check_image_size(run_config: Mapping[str, Any], image_size: Sequence[int] | None) -> None:
-    """Raise a ValueError when the run's dataset does not have the configured ``image_size`` (D,H,W)."""
-    if image_size is None:
-        return
-    spec = run_config["dataset"]
-    actual = tuple(open_dataset(spec["name"], spec["root"], **spec.get("options", {})).image_size)
-    if actual != tuple(image_size):
-        raise ValueError(f"dataset {spec['name']!r} at {spec['root']}: images are {actual}, but the workflow "
-                         f"config says image_size {list(image_size)}; fix the data or datasets.{spec['name']}"
-                         ".image_size")
 
 
 def restart_reasons(run_config: Mapping[str, Any], out_dir: str | Path) -> list[str]:
@@ -69,7 +56,7 @@ def ensure_trained(config: Mapping[str, Any], run: plan.Run, progress: bool = Fa
     folder = plan.layout(config).run(run.key)
     if not folder.summary.exists():
         params = plan.train_parameters(config, run)
-        train_or_resume(params["run_config"], params["out_dir"], image_size=params["image_size"], progress=progress)
+        train_or_resume(params["run_config"], params["out_dir"], progress=progress)
     return folder.path
 
 

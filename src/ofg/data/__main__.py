@@ -1,10 +1,15 @@
-"""Command line: prepare and inspect the embedded cohorts.
+"""Command line: prepare and inspect the embedded cohorts; write tiny fixtures of the real layouts.
 
     python -m ofg.data prepare embedded-brain --out DIR [--preset cpu|paper|tiny] [--resolution MM]
         [--shape D H W] [--train N --val N --test N] [--magnitude VOX] [--seed S] [--cache DIR]
         [--no-progress]
     python -m ofg.data prepare embedded-ct --out DIR ...
     python -m ofg.data info DIR [--verify]
+    python -m ofg.data fixtures OUT
+
+``fixtures`` writes OUT/ixi, OUT/oasis, OUT/lpba and OUT/abdomen: the four real datasets' on-disk
+layouts with tiny synthetic 16^3 volumes (:func:`ofg.data.fixtures.make_paper_roots`), to try
+``config/paper.yaml`` end to end before having the data (with ``config/paper-fixtures.yaml``, README).
 
 Errors in the data or the options exit with status 2 and a one-line message.
 """
@@ -39,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="summarise a prepared cohort")
     info.add_argument("root", type=Path)
     info.add_argument("--verify", action="store_true", help="also check every file's sha256")
+
+    fixtures = commands.add_parser("fixtures", help="write tiny fixtures of the four real datasets' layouts")
+    fixtures.add_argument("out", type=Path, help="output folder (receives ixi/, oasis/, lpba/, abdomen/)")
     return parser
 
 
@@ -83,10 +91,20 @@ def _info(args: argparse.Namespace) -> None:
         print(f"verified  {len(manifest['files'])} files match their sha256")
 
 
+def _fixtures(args: argparse.Namespace) -> None:
+    from ofg.data.fixtures import make_paper_roots
+
+    for name, root in make_paper_roots(args.out).items():
+        print(f"wrote {name:8s}{root}")
+
+
+COMMANDS = {"prepare": _prepare, "info": _info, "fixtures": _fixtures}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        _prepare(args) if args.command == "prepare" else _info(args)
+        COMMANDS[args.command](args)
     except (ValueError, OSError) as exc:  # DataError is a ValueError
         message = " ".join(str(exc).split())
         print(f"error: {message}", file=sys.stderr)

@@ -3,13 +3,18 @@
 ``open_embedded_brain(root, label_set="ixi")`` and ``open_embedded_ct(root)`` are registered in
 :data:`ofg.data.DATASETS` as ``embedded-brain`` and ``embedded-ct``. Nothing but the manifest, the
 CSVs and the image headers is read at open time; volumes load when a pair is indexed.
+
+A cohort's image size is its manifest's ``shape`` (chosen when it was prepared). The ``image_size``
+option, as the real-data loaders' (:mod:`ofg.data.realdata`), states the size expected: ``None``
+(default) takes the manifest's; ``(D, H, W)`` must equal it, else a DataError names the manifest.
+There is no paper size of an embedded cohort, so ``"paper"`` is refused.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -79,7 +84,8 @@ class EmbeddedCohort(RegistrationDataset):
     ``ground_truth(split, i)`` is (3,D,H,W) float32 voxels v with moving(x + v(x)) ≈ fixed(x).
     """
 
-    def __init__(self, root: str | Path, kind: str, label_set: str | None = None) -> None:
+    def __init__(self, root: str | Path, kind: str, label_set: str | None = None,
+                 image_size: Sequence[int] | None = None) -> None:
         self.root = Path(root)
         self.manifest = read_manifest(self.root, kind)
         self.kind = kind
@@ -93,6 +99,7 @@ class EmbeddedCohort(RegistrationDataset):
         self.labels = [int(e["id"]) for e in entry["labels"]]
         self.label_names = {int(e["id"]): e["name"] for e in entry["labels"]}
         self.image_size = tuple(int(s) for s in self.manifest["shape"])  # type: ignore[assignment]
+        check_manifest_size(self.root / "manifest.json", self.image_size, image_size)
         self.spacing = tuple(float(s) for s in self.manifest["spacing"])  # type: ignore[assignment]
         self.bidirectional = kind == "ct"
         self.augment_flips = kind == "brain"
@@ -171,18 +178,34 @@ class EmbeddedCohort(RegistrationDataset):
         return compose_with_inverse(inverse, margin, self._forward(fixed))
 
 
-def open_embedded_brain(root: str | Path, label_set: str = "ixi") -> EmbeddedCohort:
+def check_manifest_size(manifest: Path, actual: Sequence[int], expected: Sequence[int] | str | None) -> None:
+    """Raise unless the expected ``image_size`` option (None, or (D, H, W)) admits the manifest's ``actual``
+    shape: ValueError for a malformed option, DataError naming ``manifest`` for another size."""
+    if expected is None:
+        return
+    if isinstance(expected, str) or len(expected) != 3:
+        raise ValueError(f"image_size of an embedded cohort must be None (the manifest's size) or (D, H, W); "
+                         f"got {expected!r}")
+    if tuple(int(s) for s in expected) != tuple(actual):
+        raise DataError(f"{manifest}: the cohort's images are {tuple(actual)} (the manifest's shape), not the "
+                        f"expected image_size {tuple(int(s) for s in expected)}; prepare the cohort at that size "
+                        "or set image_size to None (null in the workflow config) to take the manifest's")
+
+
+def open_embedded_brain(root: str | Path, label_set: str = "ixi",
+                        image_size: Sequence[int] | None = None) -> EmbeddedCohort:
     """The embedded brain cohort (atlas-to-subject, like IXI) prepared in ``root``.
 
     ``label_set`` "ixi": the IBSR map (FreeSurfer aseg IDs), Dice over the IXI VOIs present (28);
-    "lpba": the LPBA40 map, Dice over its 54 protocol labels.
+    "lpba": the LPBA40 map, Dice over its 54 protocol labels. ``image_size``: see the module docstring.
     """
-    return EmbeddedCohort(root, "brain", label_set)
+    return EmbeddedCohort(root, "brain", label_set, image_size)
 
 
-def open_embedded_ct(root: str | Path) -> EmbeddedCohort:
-    """The embedded abdominal CT cohort (inter-subject, both directions, like AbdomenCTCT) in ``root``."""
-    return EmbeddedCohort(root, "ct")
+def open_embedded_ct(root: str | Path, image_size: Sequence[int] | None = None) -> EmbeddedCohort:
+    """The embedded abdominal CT cohort (inter-subject, both directions, like AbdomenCTCT) in ``root``;
+    ``image_size``: see the module docstring."""
+    return EmbeddedCohort(root, "ct", image_size=image_size)
 
 
 __all__ = ["EmbeddedCohort", "open_embedded_brain", "open_embedded_ct", "read_manifest", "verify_files"]

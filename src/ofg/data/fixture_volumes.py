@@ -1,6 +1,8 @@
 """Random smooth images and label maps for the real-layout fixtures (:mod:`ofg.data.fixtures`).
 
-Images and label maps are (D,H,W) arrays; the same generator state gives the same arrays.
+Images and label maps are (D,H,W) arrays; the same generator state gives the same arrays. Part of
+the package for ``python -m ofg.data fixtures OUT``, the user's way to try ``config/paper.yaml`` before
+having the data (see :mod:`ofg.data.fixtures`).
 """
 
 from __future__ import annotations

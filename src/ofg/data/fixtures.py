@@ -2,9 +2,13 @@
 
 Each ``make_*_fixture`` writes, under ``root``, the real file names and the real JSON schema at a
 small image size, with random smooth images and label maps that use the dataset's real label IDs.
-They exist so that tests and the workflow's dry run can exercise the real-data loaders without the
-data. Open a fixture with ``image_size=None`` (or its shape): the loaders expect the paper's sizes
-by default. Every file is written atomically; the same seed gives the same arrays.
+They are part of the package, not of the tests alone, because they are a user feature:
+``python -m ofg.data fixtures OUT`` (:func:`make_paper_roots`) writes the four layouts so that
+``config/paper.yaml`` can be run end to end, merged with ``config/paper-fixtures.yaml``, before one has
+the data (README, "Running on real data"); the tests and the workflow's dry run use them too. Open a
+fixture with ``image_size=None`` (or its shape; in a workflow config ``datasets.<name>.image_size:
+null``): the loaders expect the paper's sizes by default. Every file is written atomically; the same
+seed gives the same arrays.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Fixture roots in the Learn2Reg layouts: OASIS (NIfTI and the TransMorph pkl release) and AbdomenCTCT.
 
-See :mod:`ofg.data.fixtures` for what a fixture is and how to open one.
+See :mod:`ofg.data.fixtures` for what a fixture is, how to open one and why fixtures are part of the
+package (``python -m ofg.data fixtures OUT`` writes them for a user to try ``config/paper.yaml``).
 """
 
 from __future__ import annotations

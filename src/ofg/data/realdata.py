@@ -10,6 +10,9 @@ The ``image_size`` option of every loader:
 - ``None``: the size is read from one reference file (the atlas, the fixed image or the first
   subject); every other file must then match it. Use this for the small fixtures.
 - ``(D, H, W)``: every image must have exactly this size.
+
+In the workflow the option is the config key ``datasets.<name>.image_size`` ([D, H, W] or null; absent =
+``"paper"``), passed to the loader by every stage that opens the dataset (:func:`ofg.plan.dataset_options`).
 """
 
 from __future__ import annotations
@@ -129,7 +132,8 @@ def check_volume(
     if expected is not None and tuple(image.shape) != tuple(expected):
         raise DataError(
             f"{image_path}: wrong image size for this dataset: expected {tuple(expected)}, "
-            f"found {tuple(image.shape)} (pass image_size=None to take the size from the files)"
+            f"found {tuple(image.shape)} (image_size None, in the workflow config datasets.<name>.image_size: "
+            "null, takes the size from the files)"
         )
     if label.shape != image.shape:
         raise DataError(

@@ -75,9 +75,10 @@ class TransformerBlock(nn.Module):
 class ViTVNet(RegistrationNet):
     """ViT-V-Net: pair (B,2,D,H,W) -> (warped moving, displacement (B,3,D,H,W) in voxels).
 
-    D, H, W must be multiples of 4*patch (the token grid is img_size/(4*patch)), ``patch`` a power of
-    two >= 2, ``decoder`` of length log2(patch)+2 and ``heads`` a divisor of ``hidden``. The input
-    must have exactly ``img_size`` (the position embedding has one entry per token).
+    D, H, W must be multiples of 4*patch (the token grid is img_size/(4*patch)) and give at least two
+    tokens (the head's BatchNorm cannot train on one value per channel at batch size 1), ``patch`` a
+    power of two >= 2, ``decoder`` of length log2(patch)+2 and ``heads`` a divisor of ``hidden``. The
+    input must have exactly ``img_size`` (the position embedding has one entry per token).
     """
 
     name = "vitvnet"
@@ -102,6 +103,11 @@ class ViTVNet(RegistrationNet):
         check_divisible(self.img_size, self.size_factor, self.name,
                         f"two 2x down-samplings then {patch}^3 patches")
         self.grid = tuple(s // self.size_factor for s in self.img_size)
+        if math.prod(self.grid) < 2:
+            raise ValueError(
+                f"vitvnet: img_size {self.img_size} is not supported: it makes a single {patch}^3 patch of the "
+                f"1/4 map (token grid {self.grid}), on which the head's BatchNorm cannot train at batch size 1; "
+                f"one axis at least must be {2 * self.size_factor} (e.g. {(2 * self.size_factor, *self.img_size[1:])})")
         self.extra_pools = ups - 3
 
         self.inc = double_conv(2, encoder[0])
