@@ -124,11 +124,14 @@ def test_presets_and_overrides():
     for kind in embedded.KINDS:
         cpu = embedded.resolve_options(kind)
         assert max(cpu.shape) <= 64 and all(s % 16 == 0 for s in cpu.shape)
-        assert cpu.n_train + cpu.n_val + cpu.n_test <= 90
-        # the default run's power: >= 40 test pairs and >= 5 validation pairs per cohort
+        assert cpu.n_train + cpu.n_val + cpu.n_test <= 110
+        # the default run's power: >= 40 independent test pairs (no test subject in two pairs, the atlas
+        # aside) and >= 5 validation pairs per cohort
         splits = embedded.subject_names(cpu)
         rows = embedded.cohort_pairs(cpu, splits)
-        assert sum(r[0] == "test" for r in rows) >= 40 and sum(r[0] == "val" for r in rows) >= 5
+        test = [r for r in rows if r[0] == "test"]
+        subjects = [s for _, moving, fixed in test for s in (moving, fixed) if s != "atlas"]
+        assert len(test) >= 40 and len(subjects) == len(set(subjects)) and sum(r[0] == "val" for r in rows) >= 5
         tiny = embedded.resolve_options(kind, "tiny")
         assert tiny.shape == (32, 32, 32)
     assert embedded.resolve_options("brain", "paper").shape == (160, 192, 160)

@@ -61,7 +61,7 @@ def test_run_ids_and_look_up_by_key():
         ofg_plan.find_run(config, ("embedded-brain", "voxelmorph", "ofg-5", "0"))
 
 
-def test_seed_axis_runs_the_main_comparison_on_every_seed_and_the_rest_on_the_first():
+def test_seed_axis_matches_seeds_in_every_comparison():
     config = load_config("config.yaml")
     assert config["training"]["seeds"] == [0, 1, 2] and config["training"]["model_seeds"] == {"lkunet": [0]}
     config["datasets"]["embedded-brain"]["models"] = ["voxelmorph", "lkunet"]  # a secondary model: one seed
@@ -69,13 +69,14 @@ def test_seed_axis_runs_the_main_comparison_on_every_seed_and_the_rest_on_the_fi
     main = {(r.dataset, r.model, r.id): set() for r in runs}
     for r in runs:
         main[(r.dataset, r.model, r.id)].add(r.seed)
-    for (dataset, model, run_id), seeds in main.items():
-        every = run_id in ("unsupervised", "ofg-k10") and model != "lkunet"
-        assert seeds == ({0, 1, 2} if every else {0}), (dataset, model, run_id)
+    for (dataset, model, run_id), seeds in main.items():  # self-training and every ablation k: every seed
+        assert seeds == ({0} if model == "lkunet" else {0, 1, 2}), (dataset, model, run_id)
+    assert {r.id for r in runs if r.dataset == "embedded-brain" and r.model == "voxelmorph"} == {
+        "unsupervised", "ofg-k1", "ofg-k5", "ofg-k10", "ofg-k20", "self_training", "opt_self_training"}
     for dataset in ("embedded-brain", "embedded-ct"):  # the main comparison: VoxelMorph, 3 seeds, both cohorts
         assert main[(dataset, "voxelmorph", "unsupervised")] == main[(dataset, "voxelmorph", "ofg-k10")] == {0, 1, 2}
-    student = ofg_plan.Run("embedded-brain", "voxelmorph", "self_training", seed=0)
-    assert ofg_plan.run_config(config, student)["teacher"].endswith("unsupervised/seed-0/checkpoints/best.pt")
+    student = ofg_plan.Run("embedded-brain", "voxelmorph", "self_training", seed=2)
+    assert ofg_plan.run_config(config, student)["teacher"].endswith("unsupervised/seed-2/checkpoints/best.pt")
     assert ofg_plan.run_config(config, ofg_plan.Run("embedded-ct", "voxelmorph", "ofg", 10, 2))["seed"] == 2
     # without model_seeds every model runs every seed
     del config["training"]["model_seeds"]
@@ -229,7 +230,7 @@ def test_dry_run_default_config_plans_every_job_once(tmp_path):
     config = load_config("config.yaml")
     counts = job_counts(result.stdout)
     runs = ofg_plan.training_runs(config)
-    assert counts["train"] == len(runs) == 17
+    assert counts["train"] == len(runs) == 3 * (7 + 2)  # seeds x (brain: 2 main, 2 self-training, k 1/5/20; CT: 2)
     seeds = {(r.dataset, r.model, r.id): set() for r in runs}
     for r in runs:
         assert str(Layout(results).run(r.key).summary) in result.stdout

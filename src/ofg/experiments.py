@@ -26,7 +26,7 @@ from ofg.models import build_model
 from ofg.runtime import resolve_device
 
 STARTS = ("untrained", "random")
-COLUMNS = ["start", "pair", "step", "dice", "energy"]
+COLUMNS = ["start", "pair", "moving", "fixed", "step", "dice", "energy"]
 
 
 @torch.no_grad()
@@ -61,15 +61,17 @@ def randomize_parameters(model: torch.nn.Module, x: torch.Tensor, rms: float = 2
 
 
 def refinement_curve(dataset: Any, model_name: str, model_size: str = "small", *, start: str = "untrained",
-                     settings: RefineSettings | None = None, n_pairs: int = 5, split: str = "test", seed: int = 0,
+                     settings: RefineSettings | None = None, n_pairs: int | None = None, split: str = "test", seed: int = 0,
                      device: str | torch.device | None = None, label_mode: str = "onehot",
                      dice_rule: str = "either", random_rms: float = 2.0, progress: bool = True) -> pd.DataFrame:
-    """Dice and energy of the OFG optimiser's field after 0..k steps (``settings``), for ``n_pairs`` pairs.
+    """Dice and energy of the OFG optimiser's field after 0..k steps (``settings``), for the first
+    ``n_pairs`` pairs of ``split`` (None: every pair; the claims test the gain over pairs as units).
 
     The network ``model_name`` (``model_size``) is built with ``torch.manual_seed(seed)``; with
     ``start="random"`` its parameters are re-drawn (calibrated on the first pair, see
     :func:`randomize_parameters`). For each of the first ``n_pairs`` pairs of ``split`` it predicts
-    φ₀ once, and the row of step k holds the mean Dice (over the dataset's labels, every class
+    φ₀ once, and the row of step k (with the pair's index and its ``moving`` and ``fixed`` subject names)
+    holds the mean Dice (over the dataset's labels, every class
     warped by ``label_mode``, averaged by ``dice_rule``, see :func:`ofg.inference.mean_dice`) and the
     energy (image term + reg_weight·regulariser, as ``settings`` say) of the field after k Adam steps:
     one refinement per pair, whose per-step callback scores each iterate. Returns a DataFrame with
@@ -80,12 +82,12 @@ def refinement_curve(dataset: Any, model_name: str, model_size: str = "small", *
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
     if not isinstance(settings.steps, int) or settings.steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {settings.steps!r}")
-    if not isinstance(n_pairs, int) or n_pairs < 1:
-        raise ValueError(f"n_pairs must be a positive integer, got {n_pairs!r}")
+    if n_pairs is not None and (not isinstance(n_pairs, int) or n_pairs < 1):
+        raise ValueError(f"n_pairs must be a positive integer or None (every pair), got {n_pairs!r}")
     check_label_mode(label_mode)
     device = resolve_device(device) if device is not None else torch.device("cpu")
     pairs = dataset.pairs(split)
-    count = min(n_pairs, len(pairs))
+    count = len(pairs) if n_pairs is None else min(n_pairs, len(pairs))
     if count == 0:
         raise ValueError(f"split {split!r} of dataset {getattr(dataset, 'name', dataset)!r} has no pairs")
     labels = [int(label) for label in dataset.labels]
@@ -94,7 +96,7 @@ def refinement_curve(dataset: Any, model_name: str, model_size: str = "small", *
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for index in tqdm(range(count), desc=f"refinement curve ({start})", disable=not progress, leave=False):
-        pair = pairs[index]
+        pair, (moving_name, fixed_name) = pairs[index], pairs.keys[index]
         moving, fixed = pair_tensors(pair, "cpu")
         if start == "random" and index == 0:
             randomize_parameters(model, torch.cat([moving, fixed], dim=1), rms=random_rms, generator=generator)
@@ -105,7 +107,8 @@ def refinement_curve(dataset: Any, model_name: str, model_size: str = "small", *
         def record(k: int, disp: torch.Tensor, energy: float, index: int = index) -> None:
             dice, _, _ = mean_dice(as_field(disp), pair.moving_label, pair.fixed_label, labels, label_mode,
                                    dice_rule)
-            rows.append({"start": start, "pair": index, "step": k, "dice": dice, "energy": energy})
+            rows.append({"start": start, "pair": index, "moving": moving_name, "fixed": fixed_name, "step": k,
+                         "dice": dice, "energy": energy})
 
         refine(moving, fixed, disp0, callback=record, **settings.kwargs())
     return pd.DataFrame(rows, columns=COLUMNS)

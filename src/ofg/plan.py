@@ -7,9 +7,10 @@ notebook run alone and a rule run by Snakemake use the same paths (:mod:`ofg.lay
 A :class:`Run` is one training run. Its id names the method and, for OFG, the number of optimiser
 steps: ``unsupervised``, ``ofg-k10``, ``self_training``, ``opt_self_training``; its seed is one of
 ``training.seeds`` (or the model's ``training.model_seeds``). OFG with k = 0 steps is the unsupervised baseline, so the step ablation's k = 0 and
-its k = ``ofg.steps`` reuse the main runs: nothing is trained twice. The main comparison (unsupervised
-and OFG on every dataset and model) runs every seed; the self-training comparison and the step
-ablation run the first seed only.
+its k = ``ofg.steps`` reuse the main runs: nothing is trained twice. Every comparison has matched
+seeds: the main comparison (unsupervised and OFG on every dataset and model), the self-training
+comparison (each seed's teacher is that seed's unsupervised run) and every k of the step ablation run
+each seed of the model (:func:`seeds`), so a claim compares seed s with seed s on both sides.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def ofg_run(dataset: str, model: str, steps: int, seed: int = 0) -> Run:
 
 def seeds(config: Mapping[str, Any], model: str | None = None) -> list[int]:
     """The training seeds of the main comparison (``training.seeds``; for ``model``, its entry of
-    ``training.model_seeds`` where there is one); the first of ``training.seeds`` serves the others."""
+    ``training.model_seeds`` where there is one): every comparison of that model runs each."""
     per_model = (config["training"].get("model_seeds") or {}).get(model) if model is not None else None
     return [int(s) for s in (per_model or config["training"]["seeds"])]
 
@@ -116,15 +117,15 @@ def _pairs(section: Mapping[str, Any]) -> list[tuple[str, str]]:
 def training_runs(config: Mapping[str, Any]) -> list[Run]:
     """Every training run of the plan, each once, sorted by (dataset, model, run id)."""
     runs: set[Run] = set()
-    steps, first = config["ofg"]["steps"], seeds(config)[0]
+    steps = config["ofg"]["steps"]
     for name, entry in config["datasets"].items():
         for model in entry["models"]:
             for seed in seeds(config, model):
                 runs |= {Run(name, model, "unsupervised", seed=seed), ofg_run(name, model, steps, seed)}
     for name, model in _pairs(config["self_training"]):
-        runs |= {Run(name, model, m, seed=first) for m in TEACHER_METHODS}
+        runs |= {Run(name, model, m, seed=seed) for m in TEACHER_METHODS for seed in seeds(config, model)}
     for name, model in _pairs(config["ablation"]):
-        runs |= {ofg_run(name, model, k, first) for k in config["ablation"]["steps"]}
+        runs |= {ofg_run(name, model, k, seed) for k in config["ablation"]["steps"] for seed in seeds(config, model)}
     return sorted(runs, key=lambda run: (run.dataset, run.model, run.id, run.seed))
 
 

@@ -36,7 +36,8 @@ _PRESET_TABLE: dict[str, dict[str, dict[str, Any]]] = {
     },
     "ct": {
         # 64x64x48 at 4 mm = 256x256x192 mm: the upper abdomen (organs span 248x158x160 mm).
-        "cpu": dict(resolution=4.0, shape=(64, 64, 48), n_train=20, n_val=3, n_test=7, magnitude=4.0),
+        # 80 test subjects: 40 disjoint test pairs, independent units (embedded.cohort_pairs)
+        "cpu": dict(resolution=4.0, shape=(64, 64, 48), n_train=20, n_val=3, n_test=80, magnitude=4.0),
         # The AbdomenCTCT size (2 mm); the scan is shorter than 512 mm, so the top and bottom are air.
         "paper": dict(resolution=2.0, shape=(192, 160, 256), n_train=30, n_val=5, n_test=10, magnitude=8.0),
         "tiny": dict(resolution=8.0, shape=(32, 32, 32), n_train=6, n_val=2, n_test=2, magnitude=2.0),
