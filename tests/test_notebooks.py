@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_the_six_notebooks_exist_clean_and_parameterised():
+def test_the_seven_notebooks_exist_clean_and_parameterised():
     assert [p.stem for p in NOTEBOOKS] == ["01_prepare_data", "02_train", "03_evaluate", "04_refinement",
-                                           "05_tables_figures", "06_baselines"]
+                                           "05_tables_figures", "06_baselines", "07_timing"]
     for path in NOTEBOOKS:
         book = nbformat.read(path, as_version=4)
         nbformat.validate(book)

@@ -29,7 +29,8 @@ TABLE_FORMATS = ("csv", "md", "tex")
 FIGURE_FORMATS = ("png", "pdf")
 #: workflow stage -> notebook name (notebooks/<name>.ipynb; its executed copies under R/notebooks/<name>/)
 NOTEBOOKS = {"prepare": "01_prepare_data", "train": "02_train", "evaluate": "03_evaluate",
-             "refinement": "04_refinement", "report": "05_tables_figures", "baselines": "06_baselines"}
+             "refinement": "04_refinement", "report": "05_tables_figures", "baselines": "06_baselines",
+             "timing": "07_timing"}
 
 
 class RunKey(NamedTuple):

@@ -286,6 +286,32 @@ def baseline_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, An
             "device": config["device"], "out": str(layout(config).baselines(dataset))}
 
 
+def timing_pairs(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(dataset, model) of the main comparison the timing job measures ([] when ``timing.enabled`` is false)."""
+    if not config["timing"]["enabled"]:
+        return []
+    return [(name, model) for name, entry in config["datasets"].items() for model in entry["models"]]
+
+
+def timing_runs(config: Mapping[str, Any], dataset: str, model: str) -> list[Run]:
+    """The runs the timing job of (dataset, model) measures: every seed's unsupervised and main OFG run."""
+    steps = int(config["ofg"]["steps"])
+    return [run for seed in seeds(config, model)
+            for run in (Run(dataset, model, "unsupervised", seed=seed), ofg_run(dataset, model, steps, seed))]
+
+
+def timing_parameters(config: Mapping[str, Any], dataset: str, model: str) -> dict[str, Any]:
+    """Notebook 07's parameters for (dataset, model): each run's best checkpoint, the evaluation's split,
+    the ``timing`` section's rounds and iterations (:mod:`ofg.timing`)."""
+    paths, section = layout(config), config["timing"]
+    runs = [{"method": run.method, "run": run.id, "seed": run.seed, "checkpoint": str(paths.run(run.key).best)}
+            for run in timing_runs(config, dataset, model)]
+    return {"runs": runs, "split": config["evaluation"]["split"], "repeats": section["repeats"],
+            "iterations": section["iterations"], "device": config["device"],
+            "teacher_cache": str(paths.run(timing_runs(config, dataset, model)[0].key).teacher_fields),
+            "out": str(paths.timing(dataset, model))}
+
+
 def _run_record(run: Run) -> dict[str, Any]:
     return {"dataset": run.dataset, "model": run.model, "run": run.id, "method": run.method, "steps": run.steps,
             "seed": run.seed}
@@ -307,6 +333,7 @@ def report_plan(config: Mapping[str, Any]) -> dict[str, Any]:
                      "pairs": [list(p) for p in _pairs(config["ablation"])]},
         "refinement": list(config["refinement"]["datasets"]),
         "baselines": list(config["baselines"]["datasets"]),
+        "timing": [list(pair) for pair in timing_pairs(config)],
         "qualitative": pairs,
         "embedded": any(name in EMBEDDED for name in config["datasets"]),
         "label_mode": config["evaluation"]["label_mode"],

@@ -9,15 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from ofg import plan
 from ofg.config import TEACHER_METHODS, coerce, resolve
 from ofg.data import EMBEDDED, open_dataset
 from ofg.data.embedded import prepare_embedded
 from ofg.evaluate import evaluate_checkpoint
 from ofg.experiments import run_refinement
+from ofg.layout import RunFolder
 from ofg.resume import stale_reasons
 from ofg.runtime import bf16_is_fast, resolve_device
-from ofg.layout import RunFolder
+from ofg.timing import run_timing
 from ofg.train import train
 
 
@@ -80,10 +83,22 @@ def ensure_refinement(config: Mapping[str, Any], dataset: str, progress: bool = 
     return Path(params["out"])
 
 
+def ensure_timing(config: Mapping[str, Any], dataset: str, model: str, progress: bool = False) -> Path:
+    """Run the timing job of (dataset, model) unless its CSV exists; return that file."""
+    params = plan.timing_parameters(config, dataset, model)
+    if not Path(params["out"]).exists():
+        for run in plan.timing_runs(config, dataset, model):
+            ensure_trained(config, run, progress)
+        run_timing({**params, "threads": torch.get_num_threads()})
+    return Path(params["out"])
+
+
 def ensure_all(config: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
     """Run the whole plan in-process, skipping what exists (notebook 05 run alone); return the report plan."""
     for run in plan.training_runs(config):
         ensure_evaluated(config, run, progress)
     for dataset in config["refinement"]["datasets"]:
         ensure_refinement(config, dataset, progress)
+    for dataset, model in plan.timing_pairs(config):
+        ensure_timing(config, dataset, model, progress)
     return plan.report_plan(config)

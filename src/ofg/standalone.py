@@ -40,6 +40,7 @@ def tiny_config(results: str | Path | None = None) -> dict[str, Any]:
         "refinement": {"datasets": ["embedded-brain"], "model": "voxelmorph", "starts": ["untrained", "random"],
                        "steps": 3, "lr": 0.1, "reg_weight": 1.0, "n_pairs": 1, "split": "test", "seed": 0},
         "baselines": {"datasets": [], "methods": [], "instance_steps": 100},
+        "timing": {"enabled": True, "repeats": 2, "iterations": 2},
     })
 
 

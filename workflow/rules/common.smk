@@ -79,6 +79,12 @@ def train_inputs(wildcards):
     return inputs
 
 
+def timing_inputs(wildcards):
+    """The summaries of the runs the timing job measures (every seed of the main comparison)."""
+    runs = ofg_plan.timing_runs(config, wildcards.dataset, wildcards.model)
+    return [str(LAYOUT.run(run.key).summary) for run in runs]
+
+
 def reported(records):
     """The report's outputs, the CSV tables and PNG figures flagged for the HTML report with the
     caption of their kind."""
