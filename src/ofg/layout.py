@@ -8,6 +8,7 @@ Under the results folder ``R`` (config key ``results``)::
     R/samples/<dataset>/<model>/<run>/seed-<s>.npz   middle-slice sample for the qualitative figure
     R/refinement/<dataset>.csv                       optimiser-refinement curves
     R/baselines/<dataset>.csv                        reference rows: zero field, instance optimisation, SyN
+    R/timing/<dataset>/<model>.csv                   controlled timing of the trained networks, see :meth:`Layout.timing`
     R/benchmarks/<stage>/<dataset>[/<model>/<run>/seed-<s>].tsv   Snakemake benchmark of one job
     R/notebooks/<NN_stage>/<dataset>[/<model>/<run>/seed-<s>].ipynb  executed notebooks (the rules' logs)
     R/tables/<name>.{csv,md,tex}                     tables
@@ -129,6 +130,14 @@ class Layout:
 
     def baselines(self, dataset: str) -> Path:
         return self.root / "baselines" / f"{dataset}.csv"
+
+    def timing(self, dataset: str, model: str) -> Path:
+        """Controlled timing of (dataset, model)'s trained networks (all cores to itself, warm-up, interleaved
+        repeats, every seed): one row per (kind, method, run, seed, repeat) with columns ``kind``
+        ("inference" | "iteration"), ``method`` ("unsupervised" | "ofg"), ``run`` (run id), ``seed``,
+        ``repeat`` (0..R-1) and ``seconds`` (inference: s per test pair, mean over the test pairs of one
+        repeat; iteration: s per training iteration, mean over the iterations of one repeat)."""
+        return self.root / "timing" / dataset / f"{model}.csv"
 
     @property
     def benchmarks(self) -> Path:
