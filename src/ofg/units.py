@@ -124,7 +124,7 @@ def _seeds(frame: pd.DataFrame) -> pd.Series:
 def seed_table(frame: pd.DataFrame, metric: str, keys: Sequence[str]) -> pd.DataFrame:
     """``metric`` as a pairs × seeds table (rows indexed by ``keys``, one column per seed; duplicates averaged)."""
     values = frame.assign(_seed=_seeds(frame), _value=pd.to_numeric(frame[metric], errors="coerce"))
-    return values.groupby([*keys, "_seed"], sort=True)["_value"].mean().unstack("_seed")
+    return values.groupby([*keys, "_seed"], sort=True, dropna=False)["_value"].mean().unstack("_seed")
 
 
 def match(ofg: pd.DataFrame, comparator: pd.DataFrame, metric: str, keys: Sequence[str]) -> Matched:
