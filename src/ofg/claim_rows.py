@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from ofg.claims import FAMILY_OF, INFERENCE_MARGIN, Claim, directional_verdict, interval_verdict
-from ofg.inference_stats import (Estimate, critical_value, interval, mean_estimate, min_units, p_value,
+from ofg.inference_stats import (ALPHA, Estimate, critical_value, interval, mean_estimate, min_units, p_value,
                                  ratio_estimate)
-from ofg.units import Design, independent_pairs, match
+from ofg.units import independent_pairs, match
 
 PAIR_KEYS = ("split", "pair_index", "moving", "fixed")
 TIMING_KINDS = {"inference": "s per test pair", "iteration": "s per training iteration"}
@@ -73,7 +73,7 @@ def _keys(frame: pd.DataFrame, keys: Sequence[str] | None) -> list[str]:
 
 
 def compare(claim: Claim, ofg: pd.DataFrame, comparator: pd.DataFrame, keys: Sequence[str] | None = None,
-            alpha: float = 0.05, **context: Any) -> dict[str, Any]:
+            alpha: float = ALPHA, **context: Any) -> dict[str, Any]:
     """One row of a "difference" or "size" claim: seed-matched pairs, their design, effect and test."""
     names = [k for k in _keys(ofg, keys) if k in comparator.columns]
     matched = match(ofg, comparator, claim.metric, names)
@@ -120,7 +120,7 @@ def _timing_ratios(frame: pd.DataFrame, kind: str) -> np.ndarray:
     return ratios[np.isfinite(ratios)]
 
 
-def timing_row(claim: Claim, frame: pd.DataFrame | None, alpha: float = 0.05, **context: Any) -> dict[str, Any]:
+def timing_row(claim: Claim, frame: pd.DataFrame | None, alpha: float = ALPHA, **context: Any) -> dict[str, Any]:
     """A timing row ("equal": inference, "limit": training overhead) from the controlled measurement
     ``frame`` (:meth:`ofg.layout.Layout.timing`; ``None`` when absent)."""
     row = base_row(claim, **context)
