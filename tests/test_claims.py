@@ -278,6 +278,15 @@ def test_optimiser_alone_compares_step_10_with_step_0(rng):
     assert "no subject columns" in rows[0]["note"]
 
 
+def test_a_metric_the_files_lack_is_insufficient_data_and_named(rng):
+    a, b = noisy(rng, 30, 0.01)
+    moving, fixed = atlas(30)
+    claim = CLAIM_BY_NAME["closer_to_truth"]
+    row = claim_rows.compare(claim, pairs_frame(a, moving, fixed), pairs_frame(b, moving, fixed))
+    assert row["verdict"] == "insufficient data" and row["note"] == "no endpoint_error values in the metrics"
+    assert row["n"] == "0 pairs × 3 / 3 seeds"
+
+
 def test_claims_are_well_formed_data():
     for claim in claims.CLAIMS:
         assert claim.direction in claims.DIRECTIONS and claim.rule in claims.RULES

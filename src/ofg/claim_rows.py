@@ -72,6 +72,13 @@ def _keys(frame: pd.DataFrame, keys: Sequence[str] | None) -> list[str]:
     return found
 
 
+def _missing(metric: str, *frames: pd.DataFrame) -> str:
+    """Why no pair has values on both sides."""
+    if any(len(f) and (metric not in f.columns or f[metric].isna().all()) for f in frames):
+        return f"no {metric} values in the metrics"
+    return "no pair on both sides"
+
+
 def compare(claim: Claim, ofg: pd.DataFrame, comparator: pd.DataFrame, keys: Sequence[str] | None = None,
             alpha: float = ALPHA, **context: Any) -> dict[str, Any]:
     """One row of a "difference" or "size" claim: seed-matched pairs, their design, effect and test."""
@@ -80,13 +87,14 @@ def compare(claim: Claim, ofg: pd.DataFrame, comparator: pd.DataFrame, keys: Seq
     design = matched.design() if len(matched.a) else independent_pairs(0)
     row = base_row(claim, **context)
     n_ofg, n_other = len(matched.seeds_a), len(matched.seeds_b)
-    seeds_note = matched.seed_note or ("one seed: the seed variance is not estimable" if len(matched.seeds) == 1
-                                       else "")
+    one_seed = len(matched.seeds) == 1 and design.n_pairs > 0
+    seeds_note = matched.seed_note or ("one seed: the seed variance is not estimable" if one_seed else "")
     row.update(n_units=design.n_units, unit_kind=design.kind, n_pairs=design.n_pairs, n_seeds=n_ofg,
                n_seeds_comparator=n_other, n=f"{design.describe()} × {_seeds_text(n_ofg, n_other)}",
                note=_notes(design.note, seeds_note))
     if design.n_units < min_units(alpha):
-        why = "no pair on both sides" if design.n_pairs == 0 else f"fewer than {min_units(alpha)} independent units"
+        why = (_missing(claim.metric, ofg, comparator) if design.n_pairs == 0
+               else f"fewer than {min_units(alpha)} independent units")
         row.update(verdict="insufficient data", note=_notes(row["note"], why))
         return row
     if claim.rule == "size":

@@ -49,10 +49,11 @@ class Design:
     def describe(self) -> str:
         """"40 pairs" (independent pairs) or "7 subjects (42 pairs)" (crossed; "subject groups" where
         subjects that only appear together were merged)."""
+        pairs = f"{self.n_pairs} pair{'s' if self.n_pairs != 1 else ''}"
         if self.kind == "pairs":
-            return f"{self.n_pairs} pairs"
+            return pairs
         word = "subject groups" if self.merged else "subjects"
-        return f"{self.n_units} {word} ({self.n_pairs} pairs)"
+        return f"{self.n_units} {word} ({pairs})"
 
 
 def independent_pairs(n_pairs: int, note: str = "") -> Design:
