@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "ofg"
 #: the top-level names of the results tree; only ofg/layout.py may spell them
 RESULT_NAMES = ("runs", "metrics", "tables", "figures", "samples", "benchmarks", "notebooks", "refinement",
-                "summary.json", "history.csv", "checkpoints", "best.pt", "last.pt", "train.log", "teacher_fields")
+                "timing", "summary.json", "history.csv", "checkpoints", "best.pt", "last.pt", "train.log",
+                "teacher_fields")
 
 
 def module_name(path: Path) -> str:

@@ -72,6 +72,13 @@ def load_refinement(results: str | Path, dataset: str) -> pd.DataFrame:
     return _read_csv(Layout(results).refinement(dataset), "refinement curves")
 
 
+def load_timing(results: str | Path, dataset: str, model: str) -> pd.DataFrame | None:
+    """The controlled timing measurement of (dataset, model) (:meth:`ofg.layout.Layout.timing`); ``None``
+    when the file is absent (older results, or a plan without the timing job)."""
+    path = Layout(results).timing(dataset, model)
+    return pd.read_csv(path) if path.is_file() else None
+
+
 def _float(value: Any) -> float:
     try:
         return float(value)

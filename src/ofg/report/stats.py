@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 from scipy.stats import wilcoxon
 
-from ofg import claims
 from ofg.report.load import pair_key_columns, structure_columns
 
 
@@ -33,9 +32,11 @@ def seed_average(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def seed_spread(frame: pd.DataFrame, column: str = "dice_mean") -> tuple[float, int]:
-    """(std over seeds of the per-seed mean of ``column``, number of seeds): :func:`ofg.claims.seed_spread`
-    and :func:`ofg.claims.n_seeds`, the claims table's own."""
-    return claims.seed_spread(frame, column), claims.n_seeds(frame)
+    """(sample std over seeds of the per-seed mean of ``column`` over pairs, NaN with one seed; number of
+    seeds). A frame without a ``seed`` column is one seed."""
+    seeds = frame["seed"] if "seed" in frame.columns else pd.Series(0, index=frame.index)
+    means = frame.assign(_seed=seeds).groupby("_seed")[column].mean().dropna()
+    return (float(means.std(ddof=1)) if len(means) > 1 else math.nan), int(seeds.nunique())
 
 
 def paired_wilcoxon(a: pd.DataFrame, b: pd.DataFrame, column: str = "dice_mean") -> tuple[float, int]:
