@@ -387,7 +387,7 @@ def test_tiny_workflow_end_to_end_resumes_and_is_idempotent(tmp_path):
     for output in output_paths(plan):
         assert output.is_file() and output.stat().st_size > 0, output
     notebooks = list((tmp_path / "results" / "notebooks").rglob("*.ipynb"))
-    assert len(notebooks) == 1 + 5 + 5 + 1 + 1 + 1
+    assert len(notebooks) == 1 + 5 + 5 + 1 + 1 + 1 + 1  # prepare, train, evaluate, refinement, baselines, timing, report
 
     again = snakemake("-n", "--cores", "2", "--configfile", str(path), "--directory", str(tmp_path))
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -135,8 +135,8 @@ def test_tiny_workflow_runs_every_job_through_sbatch(cluster, tmp_path):
     print(f"tiny workflow on SLURM: {len(jobs)} sbatch jobs, {elapsed:.0f} s")
     config = validated(yaml.safe_load(TINY.read_text()) | {"results": str(results)})
     planned = (len(config["datasets"]) + 2 * len(ofg_plan.training_runs(config)) + len(config["refinement"]["datasets"])
-               + len(config["baselines"]["datasets"]) + 1)  # prepare, train + evaluate, refinement, baselines, report
-    assert len(jobs) == sum(counts.values()) == planned == 14
+               + len(config["baselines"]["datasets"]) + len(ofg_plan.timing_pairs(config)) + 1)
+    assert len(jobs) == sum(counts.values()) == planned == 15  # prepare, train + evaluate, refinement, baselines, timing, report
     assert {job.state for job in jobs} == {"COMPLETED"}
     assert sorted(re.findall(r"submitted with SLURM jobid (\d+)", log), key=int) == [job.id for job in jobs]
     logs = sorted((tmp_path / "slurm_logs").rglob("*.log"))
