@@ -52,6 +52,7 @@ def test_notebook_runs_alone(path, tmp_path, monkeypatch):
         "04_refinement": layout.refinement("embedded-brain"),
         "05_tables_figures": layout.table("main_results")[1],
         "06_baselines": layout.baselines("embedded-brain"),
+        "07_timing": layout.timing("embedded-brain", "voxelmorph"),
     }[path.stem]
     assert expected.is_file()
 
@@ -78,5 +79,6 @@ def test_every_parameter_a_rule_passes_is_declared_by_its_notebook():
                          ("03_evaluate", plan.evaluate_parameters(config, run)),
                          ("04_refinement", plan.refinement_parameters(config, "embedded-brain")),
                          ("05_tables_figures", {"plan": plan.report_plan(config), "progress": False}),
-                         ("06_baselines", plan.baseline_parameters(config, "embedded-brain"))):
+                         ("06_baselines", plan.baseline_parameters(config, "embedded-brain")),
+                         ("07_timing", plan.timing_parameters(config, "embedded-brain", "voxelmorph"))):
         assert set(params) <= declared(name), (name, set(params) - declared(name))
