@@ -303,12 +303,12 @@ def timing_runs(config: Mapping[str, Any], dataset: str, model: str) -> list[Run
 def timing_parameters(config: Mapping[str, Any], dataset: str, model: str) -> dict[str, Any]:
     """Notebook 07's parameters for (dataset, model): each run's best checkpoint, the evaluation's split,
     the ``timing`` section's rounds and iterations (:mod:`ofg.timing`)."""
-    paths, section = layout(config), config["timing"]
+    paths, section, measured = layout(config), config["timing"], timing_runs(config, dataset, model)
     runs = [{"method": run.method, "run": run.id, "seed": run.seed, "checkpoint": str(paths.run(run.key).best)}
-            for run in timing_runs(config, dataset, model)]
+            for run in measured]
     return {"runs": runs, "split": config["evaluation"]["split"], "repeats": section["repeats"],
             "iterations": section["iterations"], "device": config["device"],
-            "teacher_cache": str(paths.run(timing_runs(config, dataset, model)[0].key).teacher_fields),
+            "teacher_cache": str(paths.run(measured[0].key).teacher_fields),
             "out": str(paths.timing(dataset, model))}
 
 

@@ -102,7 +102,7 @@ def run_timing(params: Mapping[str, Any]) -> pd.DataFrame:
     use_threads(params["threads"])
     first = RunConfig.from_dict(read_checkpoint(params["runs"][0]["checkpoint"])["config"])
     dataset = open_dataset(first.dataset.name, first.dataset.root, **first.dataset.options)
-    test = [dataset.pairs(params["split"])[i] for i in range(len(dataset.pairs(params["split"])))]
+    test = list(dataset.pairs(params["split"]))
     train_pairs = dataset.pairs("train")
     train = [train_pairs[i % len(train_pairs)] for i in range(params["iterations"])]
     timers: dict[tuple[str, str, str, int], Callable[[], float]] = {}
