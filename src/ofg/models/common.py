@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from ofg.models.onednn import Conv3d
 from ofg.spatial import warp
 
 FLOW_INIT_STD = 1e-5
@@ -50,7 +51,7 @@ def init_flow_head_(conv: nn.Conv3d, std: float = FLOW_INIT_STD) -> nn.Conv3d:
 
 def flow_head(in_channels: int, bias: bool = True) -> nn.Conv3d:
     """The 3x3x3 convolution that outputs the 3 displacement channels, initialised near zero."""
-    return init_flow_head_(nn.Conv3d(in_channels, 3, kernel_size=3, padding=1, bias=bias))
+    return init_flow_head_(Conv3d(in_channels, 3, kernel_size=3, padding=1, bias=bias))
 
 
 def conv_norm_act(in_channels: int, out_channels: int, norm: str, act: nn.Module) -> nn.Sequential:
@@ -58,7 +59,7 @@ def conv_norm_act(in_channels: int, out_channels: int, norm: str, act: nn.Module
     norms = {"instance": nn.InstanceNorm3d, "batch": nn.BatchNorm3d}
     if norm not in norms:
         raise ValueError(f"norm must be one of {tuple(norms)}, got {norm!r}")
-    conv = nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+    conv = Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
     return nn.Sequential(conv, norms[norm](out_channels), act)
 
 
@@ -151,7 +152,10 @@ class RegistrationNet(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B,2,D,H,W) -> (moving warped by the displacement (B,1,D,H,W), displacement (B,3,D,H,W) in voxels)."""
+        """x (B,2,D,H,W) -> (moving warped by the displacement (B,1,D,H,W), displacement (B,3,D,H,W) in voxels).
+
+        The displacement is contiguous even where the layers ran channels-last (:mod:`ofg.models.onednn`).
+        """
         self.check_input(x)
-        disp = self.displacement(x)
+        disp = self.displacement(x).contiguous()
         return warp(x[:, :1], disp), disp

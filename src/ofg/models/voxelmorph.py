@@ -18,10 +18,11 @@ import torch
 import torch.nn as nn
 
 from ofg.models.common import RegistrationNet, check_divisible, flow_head, parse_img_size
+from ofg.models.onednn import Conv3d
 
 
 def _conv_lrelu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-    conv = nn.Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
+    conv = Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
     return nn.Sequential(conv, nn.LeakyReLU(0.2))
 
 
