@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ofg.models.onednn import Conv3d
+from ofg.models.onednn import Conv3d, channels_last_input
 from ofg.spatial import warp
 
 FLOW_INIT_STD = 1e-5
@@ -154,8 +154,9 @@ class RegistrationNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B,2,D,H,W) -> (moving warped by the displacement (B,1,D,H,W), displacement (B,3,D,H,W) in voxels).
 
-        The displacement is contiguous even where the layers ran channels-last (:mod:`ofg.models.onednn`).
+        Where the float32 oneDNN path applies (:mod:`ofg.models.onednn`) the layers run channels-last;
+        the displacement is returned contiguous either way.
         """
         self.check_input(x)
-        disp = self.displacement(x).contiguous()
+        disp = self.displacement(channels_last_input(x)).contiguous()
         return warp(x[:, :1], disp), disp

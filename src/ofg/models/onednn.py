@@ -162,6 +162,15 @@ def takes_onednn_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not torch.compiler.is_compiling())
 
 
+def channels_last_input(x: torch.Tensor) -> torch.Tensor:
+    """A network input x (N,C,D,H,W) laid out channels-last where the oneDNN path applies to it, else x.
+
+    The layers' outputs are channels-last there; an input in the same layout keeps concatenations
+    with it (U-Net skips of the input pair) channels-last instead of converting at every layer.
+    """
+    return x.contiguous(memory_format=CHANNELS_LAST) if takes_onednn_path(x, x) else x
+
+
 def _pytorch_picks_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
                           padding: list[int], dilation: list[int], groups: int) -> bool:
     """Whether PyTorch's own dispatch already sends this float32 convolution to oneDNN (forward and backward)."""
