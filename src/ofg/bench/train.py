@@ -4,13 +4,19 @@ An iteration is one call of :class:`ofg.train.Step` (forward, loss, backward, Ad
 path of real training, for a small VoxelMorph, batch 1, at each size (default: the embedded cohorts'
 48×64×48 brain and 64×64×48 CT). OFG is timed twice: with the eager refinement (``ofg``) and with
 ``ofg.fused: true`` (``ofg-fused``: the numba kernels on CPU, ``torch.compile`` on CUDA; the one-off
-compile falls in the warm-up). Each size is timed on two paths side by side:
+compile falls in the warm-up). Each size is timed on the paths chosen with ``--paths`` (default ``float32``,
+``float32-onednn``, ``fast``), one after the other:
 
-- ``float32``: everything in float32, contiguous memory;
+- ``float32``: plain PyTorch, everything in float32, contiguous memory (:mod:`ofg.models.onednn` off);
+- ``float32-onednn``: the same with the network's convolutions on oneDNN (:mod:`ofg.models.onednn`,
+  channels-last layers), what ``amp: false`` training runs on a CPU; on CUDA the same as ``float32``;
 - ``fast``: the network in channels-last (``channels_last_3d``) under bfloat16 autocast; the losses,
   the warp and the OFG refinement stay float32 (config keys ``amp`` and ``channels_last``);
 - ``compiled`` / ``fast+compiled``: the same with the network under ``torch.compile`` (config key
   ``compile``), chosen with ``--paths``.
+
+Every path after a first ``float32`` is also reported as its time ratio to plain float32 (target for
+``float32-onednn`` on a CPU without native bf16: <= 0.5x).
 
 ``--model`` / ``--model-size`` pick another network, e.g. the paper-size check of TransMorph + OFG at
 160×192×224 on a GPU: ``python -m ofg.bench --only train --device cuda --model transmorph --model-size
@@ -42,6 +48,7 @@ import torch
 from ofg import kernels
 from ofg.bench import PATHS
 from ofg.config import RunConfig
+from ofg.models import onednn
 from ofg.objectives import build_objective
 from ofg.runtime import bf16_is_fast, synchronize
 from ofg.train import Step, build_network
@@ -72,6 +79,12 @@ def _images(shape: tuple[int, int, int], device: torch.device) -> tuple[torch.Te
 def measure(method: str, shape: int | tuple[int, int, int], device: torch.device, repeats: int, steps: int = 10,
             path: str = "float32", model_name: str = "voxelmorph", model_size: str = "small") -> dict[str, float]:
     """Median seconds per iteration and peak memory (MiB) of ``method`` on ``path`` (module docstring)."""
+    with onednn.enabled(path != "float32"):
+        return _measure(method, shape, device, repeats, steps, path, model_name, model_size)
+
+
+def _measure(method: str, shape: int | tuple[int, int, int], device: torch.device, repeats: int, steps: int,
+             path: str, model_name: str, model_size: str) -> dict[str, float]:
     shape = (shape,) * 3 if isinstance(shape, int) else tuple(shape)
     fast = path.startswith("fast")
     config = RunConfig.from_dict({"method": method.removesuffix("-fused"),
@@ -141,7 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     model_size = getattr(args, "model_size", "small")
     print(f"one training iteration, {model} ({model_size}), batch 1, on {device} (median of {args.repeats} after "
           f"a warm-up); bf16 native here: {bf16_is_fast(device)}")
-    print(f"{'size':<10}{'path':<9}{'method':<14}{'s/it':>9}{'refine s':>10}{'peak MiB':>10}{'total MiB':>11}")
+    print(f"{'size':<10}{'path':<15}{'method':<14}{'s/it':>9}{'refine s':>10}{'peak MiB':>10}{'total MiB':>11}")
     results: dict[str, dict[str, float]] = {}
     for shape in shapes:
         label = "x".join(map(str, shape))
@@ -151,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                      if device.type == "cpu" else measure(method, shape, device, args.repeats, path=path,
                                                           model_name=model, model_size=model_size))
                 results[f"{label}/{path}/{method}"] = r
-                print(f"{label:<10}{path:<9}{method:<14}{r['seconds']:>9.4f}{r['refine_seconds']:>10.4f}"
+                print(f"{label:<10}{path:<15}{method:<14}{r['seconds']:>9.4f}{r['refine_seconds']:>10.4f}"
                       f"{r['peak_mb']:>10.1f}{r['total_peak_mb']:>11.1f}")
         for path, method in ((path, method) for path in paths for method in METHODS[1:]):
             base, ofg = results[f"{label}/{path}/unsupervised"], results[f"{label}/{path}/{method}"]
@@ -166,5 +179,6 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         for path in paths[1:] if paths[0] == "float32" else []:
             for method in METHODS:
                 speedup = results[f"{label}/float32/{method}"]["seconds"] / results[f"{label}/{path}/{method}"]["seconds"]
-                print(f"{label} {method}: {path} {speedup:.2f}x faster than float32")
+                results[f"{label}/{path}/{method}"]["vs_float32"] = 1 / speedup
+                print(f"{label} {method}: {path} {speedup:.2f}x faster than float32 (time ratio {1 / speedup:.2f}x)")
     return results
