@@ -16,6 +16,7 @@ import copy
 import functools
 import itertools
 import os
+import re
 import subprocess
 import sys
 
@@ -28,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 from ofg.losses import diffusion_loss, ncc_loss
 from ofg.models import MODEL_NAMES, build_model, init_flow_head_, onednn
 from ofg.models.common import FLOW_INIT_STD
-from ofg.models.onednn import Conv3d, conv3d, slab_backward
+from ofg.models.onednn import Conv3d, conv3d, padded_backward, slab_backward
 
 SIZES = ((48, 64, 48), (64, 64, 48))
 U = 2.0 ** -24
@@ -121,15 +122,17 @@ def test_state_dict_is_that_of_nn_conv3d():
     (d, k, s, p, dil) for d, k, s, p, dil in itertools.product((3, 4, 7, 12), (1, 3, 5), (1, 2), (0, 1, 2), (1, 2))
     if (d + 2 * p - dil * (k - 1) - 1) // s + 1 >= 2])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_slab_backward_is_convolution_backward_in_float64(depth, kernel, stride, padding, dilation, groups):
-    """The bookkeeping of the two D-slabs (odd output depths, strides, dilations, groups), without rounding."""
+@pytest.mark.parametrize("backward,batch", [(slab_backward, 1), (padded_backward, 1), (padded_backward, 2)])
+def test_backward_is_convolution_backward_in_float64(backward, batch, depth, kernel, stride, padding, dilation, groups):
+    """The bookkeeping of the two D-slabs (odd output depths, strides, dilations, groups) and of the explicit
+    D padding, without rounding."""
     generator = torch.Generator().manual_seed(depth * 100 + kernel)
-    x = torch.randn(1, 4, depth, 11, 10, generator=generator, dtype=torch.float64)
+    x = torch.randn(batch, 4, depth, 11, 10, generator=generator, dtype=torch.float64)
     w = torch.randn(6, 4 // groups, kernel, kernel, kernel, generator=generator, dtype=torch.float64)
     args = ([stride] * 3, [padding] * 3, [dilation] * 3)
     grad_out = torch.randn_like(F.conv3d(x, w, None, *args, groups))
     expected = torch.ops.aten.convolution_backward(grad_out, x, w, [6], *args, False, [0] * 3, groups, [True] * 3)
-    got = slab_backward(grad_out, x, w, True, *args, groups, [True] * 3)
+    got = backward(grad_out, x, w, True, *args, groups, [True] * 3)
     for e, g in zip(expected, got):
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
 
@@ -184,7 +187,8 @@ def _conv_events(model: nn.Module, x: torch.Tensor, capfd) -> tuple[set[str], st
 
 def test_batch_one_runs_forward_and_backward_on_onednn(capfd):
     """VoxelMorph-small at 48x64x48, batch 1: without the path 8 of its 11 convs run slow_conv3d and only
-    the 3 full-resolution ones reach oneDNN's backward; with it every conv runs oneDNN both ways."""
+    the 3 full-resolution ones reach oneDNN's backward; with it every conv runs oneDNN both ways, its weight
+    gradients without padding along D (what oneDNN's AVX2 kernel needs, see ofg.models.onednn)."""
     torch.manual_seed(0)
     model = build_model("voxelmorph", (48, 64, 48), size="small")
     n_convs = sum(isinstance(m, nn.Conv3d) for m in model.modules())
@@ -199,6 +203,7 @@ def test_batch_one_runs_forward_and_backward_on_onednn(capfd):
         data = sum(",backward_data," in line for line in lines)
         if flag:
             assert not slow and weights == n_convs and data == n_convs - 1, (slow, weights, data)
+            assert all(re.search(r"kd\d+sd\d+dd\d+pd0_", line) for line in lines if ",backward_weights," in line)
         else:
             assert slow and weights == 3 and data == 3, (slow, weights, data)
 

@@ -3,25 +3,30 @@
 PyTorch's CPU dispatch (``ConvParams::use_mkldnn`` in ATen's Convolution.cpp) sends a float32
 convolution to oneDNN only when, for a 3x3x3 kernel, the batch is > 1, groups > 1 or
 N·C·D·H > 20,480. At batch 1 most layers of a small 3-D U-Net miss that threshold and run the im2col
-``slow_conv3d``, forward and backward (4-10x slower than oneDNN on 24->16 channels at 24x32x24);
-the bfloat16 path (autocast) always goes to oneDNN. :class:`Conv3d` (an ``nn.Conv3d``, same
-parameters and state dict) computes the same convolution on oneDNN instead, for an input
-x (1,C,D,H,W) float32 on the CPU, outside autocast and ``torch.compile``, with zero padding:
+``slow_conv3d``, forward and backward (24->16 channels at 24x32x24: 119 ms against 12 ms for both
+directions, 1 thread, AVX-512); the bfloat16 path (autocast) always goes to oneDNN. :class:`Conv3d`
+(an ``nn.Conv3d``, same parameters and state dict) computes the same convolution on oneDNN instead,
+for an input x (N,C,D,H,W) float32 on the CPU, outside autocast and ``torch.compile``, zero padding:
 
 - x and the weight are laid out channels-last (``channels_last_3d``), so oneDNN runs its NDHWC
-  kernels without reordering to its blocked layout; the output is channels-last (the next layer takes
-  it as it is; :class:`ofg.models.common.RegistrationNet` returns the displacement contiguous);
-- when PyTorch already picks oneDNN (``torch._C._select_conv_backend``) it is ``F.conv3d``;
-- otherwise :class:`_OneDNNConv3dFunction`: the forward is ``aten.mkldnn_convolution`` (the oneDNN
-  op ``F.conv3d`` calls at batch 2); the backward is ``aten.convolution_backward`` of the input cut
-  along D into two overlapping slabs as a batch of 2 (:func:`slab_plan`), which PyTorch sends to
-  oneDNN; the input gradient is summed back over the overlap.
+  kernels without reordering to its blocked layout (2-4x faster backward at 8 channels); the output
+  is channels-last (the next layer takes it as it is; :class:`ofg.models.common.RegistrationNet`
+  feeds its input channels-last and returns the displacement contiguous);
+- :class:`_OneDNNConv3dFunction`: the forward is ``aten.mkldnn_convolution`` (the op ``F.conv3d``
+  reaches when PyTorch picks oneDNN); the backward is ``aten.convolution_backward`` of x zero-padded
+  along D with padding 0 along D (:func:`padded_backward`) where PyTorch sends that to oneDNN,
+  else (batch 1) of x cut along D into two overlapping slabs as a batch of 2 (:func:`slab_backward`,
+  :func:`slab_plan`), which it does; the input gradient is summed back over the overlap. The
+  explicit D padding also matters on its own: oneDNN 3.12's AVX2 weight-gradient kernel declines
+  channels-last problems padded along D and falls back to a gemm 2-3x slower (18->8 channels at
+  48x64x48: 108 ms against 40 ms).
 
 Each output value is the same float32 sum as ``F.conv3d``'s, in another order: results agree to
-float32 rounding (tests/test_onednn.py bounds the error against a float64 reference). Anything else
-(another device or dtype, autocast, batch > 1, output depth 1, padding modes other than zeros) is
-``F.conv3d`` unchanged. On by default; ``OFG_ONEDNN_CONV=0`` in the environment, :func:`set_enabled`
-or the :func:`enabled` context manager turn it off (every convolution is then plain ``F.conv3d``).
+float32 rounding, and bit for bit on small-integer data (tests/test_onednn.py). Anything else
+(another device or dtype, autocast, padding modes other than zeros, a batch-1 output of depth 1 that
+PyTorch would not send to oneDNN) is ``F.conv3d`` unchanged. On by default; ``OFG_ONEDNN_CONV=0``
+in the environment, :func:`set_enabled` or the :func:`enabled` context manager turn it off (every
+convolution is then plain ``F.conv3d``).
 """
 
 from __future__ import annotations
@@ -135,23 +140,44 @@ def slab_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     return grad_x, grads[1] if mask[1] else None, grads[2] if mask[2] and bias else None
 
 
+def padded_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: bool,
+                    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
+                    mask: Sequence[bool]) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`slab_backward`'s result for x (N,C,D,H,W) of any batch, without slabs: ``aten.convolution_backward``
+    of x zero-padded along D (padding 0 along D), for the problems PyTorch sends to oneDNN at batch N."""
+    front = padding[0]
+    grads = torch.ops.aten.convolution_backward(
+        grad_out.contiguous(memory_format=CHANNELS_LAST), _pad_depth(x, front, front), weight,
+        [weight.shape[0]] if bias else None, list(stride), [0, padding[1], padding[2]], list(dilation), False,
+        [0, 0, 0], groups, [mask[0], mask[1], mask[2] and bias])
+    grad_x = grads[0][:, :, front:front + x.shape[2]] if mask[0] else None
+    return grad_x, grads[1] if mask[1] else None, grads[2] if mask[2] and bias else None
+
+
+def _pad_depth(x: torch.Tensor, front: int, back: int) -> torch.Tensor:
+    """x (N,C,D,H,W) with ``front`` and ``back`` zero rows along D, channels-last."""
+    return F.pad(x, (0, 0, 0, 0, front, back)).contiguous(memory_format=CHANNELS_LAST)
+
+
 class _OneDNNConv3dFunction(torch.autograd.Function):
-    """conv3d of x (1,C,D,H,W) float32: forward ``aten.mkldnn_convolution``, backward :func:`slab_backward`."""
+    """conv3d of x (N,C,D,H,W) float32: forward ``aten.mkldnn_convolution``, backward :func:`padded_backward`
+    where PyTorch sends the D-padded problem to oneDNN (``padded``), else :func:`slab_backward` (batch 1)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
-                padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
+                padding: list[int], dilation: list[int], groups: int, padded: bool) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.conv = (bias is not None, stride, padding, dilation, groups)
+        ctx.conv = (bias is not None, stride, padding, dilation, groups, padded)
         return torch.ops.aten.mkldnn_convolution(x, weight, bias, padding, stride, dilation, groups)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         x, weight = ctx.saved_tensors
-        bias, stride, padding, dilation, groups = ctx.conv
-        grads = slab_backward(grad_out, x, weight, bias, stride, padding, dilation, groups, ctx.needs_input_grad[:3])
-        return (*grads, None, None, None, None)
+        bias, stride, padding, dilation, groups, padded = ctx.conv
+        backward = padded_backward if padded else slab_backward
+        grads = backward(grad_out, x, weight, bias, stride, padding, dilation, groups, ctx.needs_input_grad[:3])
+        return (*grads, None, None, None, None, None)
 
 
 def takes_onednn_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -171,11 +197,16 @@ def channels_last_input(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=CHANNELS_LAST) if takes_onednn_path(x, x) else x
 
 
-def _pytorch_picks_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: list[int],
-                          padding: list[int], dilation: list[int], groups: int) -> bool:
-    """Whether PyTorch's own dispatch already sends this float32 convolution to oneDNN (forward and backward)."""
+def _pytorch_picks_onednn(x: torch.Tensor, weight: torch.Tensor, padding: list[int], stride: list[int],
+                          dilation: list[int], groups: int) -> bool:
+    """Whether PyTorch's dispatch sends conv3d(x zero-padded along D, weight) (padding 0 along D) to oneDNN.
+
+    It looks at shapes only, so a zero-size tensor expanded to the padded shape stands in for the copy."""
+    n, c, d, h, w = x.shape
+    probe = x.new_zeros(()).expand(n, c, d + 2 * padding[0], h, w)
     try:
-        backend = torch._C._select_conv_backend(x, weight, bias, stride, padding, dilation, False, [0, 0, 0], groups)
+        backend = torch._C._select_conv_backend(probe, weight, None, stride, [0, padding[1], padding[2]], dilation,
+                                                False, [0, 0, 0], groups)
     except (AttributeError, RuntimeError, TypeError):  # a torch without this helper: assume it does not
         return False
     return backend == torch._C._ConvBackend.Mkldnn
@@ -191,14 +222,13 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     if not takes_onednn_path(x, weight):
         return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
+    padded = _pytorch_picks_onednn(x, weight, padding, stride, dilation, groups)
     out_depth = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
-    if x.shape[0] == 1 and out_depth < 2:  # no slabs to cut: the layer is tiny anyway
+    if not padded and (x.shape[0] > 1 or out_depth < 2):  # no slabs to cut (the layer is tiny anyway)
         return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
     x = x.contiguous(memory_format=CHANNELS_LAST)
     weight = weight.contiguous(memory_format=CHANNELS_LAST)
-    if x.shape[0] > 1 or _pytorch_picks_onednn(x, weight, bias, stride, padding, dilation, groups):
-        return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
-    return _OneDNNConv3dFunction.apply(x, weight, bias, stride, padding, dilation, groups)
+    return _OneDNNConv3dFunction.apply(x, weight, bias, stride, padding, dilation, groups, padded)
 
 
 class Conv3d(nn.Conv3d):
