@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from ofg.losses import diffusion_loss, ncc_loss
 from ofg.models import MODEL_NAMES, build_model, init_flow_head_, onednn
-from ofg.models.common import FLOW_INIT_STD
+from ofg.models.common import FLOW_INIT_STD, cat_channels
 from ofg.models.onednn import Conv3d, conv3d, padded_backward, slab_backward
 
 SIZES = ((48, 64, 48), (64, 64, 48))
@@ -264,6 +264,18 @@ def test_outputs_channels_last_and_the_displacement_contiguous():
     assert layer(torch.rand(1, 2, 8, 8, 8)).is_contiguous(memory_format=torch.channels_last_3d)
     _, disp = build_model("voxelmorph", 32, size="small")(torch.rand(1, 2, 32, 32, 32))
     assert disp.is_contiguous()
+
+
+def test_cat_channels_is_torch_cat_with_gradients_in_the_inputs_layouts():
+    channels_last = torch.randn(1, 3, 4, 5, 6).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    contiguous = torch.randn(1, 2, 4, 5, 6, requires_grad=True)
+    frozen = torch.randn(1, 1, 4, 5, 6)
+    grad = torch.randn(1, 6, 4, 5, 6).contiguous(memory_format=torch.channels_last_3d)
+    ours = cat_channels([channels_last, contiguous, frozen])
+    assert torch.equal(ours, torch.cat([channels_last, contiguous, frozen], 1))
+    got = torch.autograd.grad(ours, [channels_last, contiguous], grad)
+    assert torch.equal(got[0], grad[:, :3]) and torch.equal(got[1], grad[:, 3:5])
+    assert got[0].is_contiguous(memory_format=torch.channels_last_3d) and got[1].is_contiguous()
 
 
 def test_environment_variable_turns_it_off():

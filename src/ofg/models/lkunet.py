@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ofg.models.common import RegistrationNet, check_divisible, flow_head, parse_img_size
+from ofg.models.common import RegistrationNet, cat_channels, check_divisible, flow_head, parse_img_size
 from ofg.models.onednn import Conv3d
 from ofg.spatial import integrate
 
@@ -121,7 +121,7 @@ class LKUNet(RegistrationNet):
             features.append(level(features[-1]))
         y = features.pop()
         for up, fuse in zip(self.up, self.fuse):
-            y = fuse(torch.cat([up(y), features.pop()], dim=1))
+            y = fuse(cat_channels([up(y), features.pop()]))
         normalised = F.softsign(self.flow_head(y))
         scale = torch.tensor([(n - 1) / 2 for n in x.shape[2:]], device=x.device, dtype=normalised.dtype)
         disp = normalised * scale.view(1, 3, 1, 1, 1)

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ofg.models.common import RegistrationNet, check_divisible, flow_head, parse_img_size
+from ofg.models.common import RegistrationNet, cat_channels, check_divisible, flow_head, parse_img_size
 from ofg.models.onednn import Conv3d
 
 
@@ -76,7 +76,7 @@ class VoxelMorph(RegistrationNet):
             activations.append(layer(activations[-1]))
         y = activations.pop()
         for layer in self.up:
-            y = torch.cat([self.upsample(layer(y)), activations.pop()], dim=1)
+            y = cat_channels([self.upsample(layer(y)), activations.pop()])
         for layer in self.extra:
             y = layer(y)
         return self.flow_head(y)
