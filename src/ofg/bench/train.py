@@ -22,9 +22,10 @@ Every path after a first ``float32`` is also reported as its time ratio to plain
 160×192×224 on a GPU: ``python -m ofg.bench --only train --device cuda --model transmorph --model-size
 paper --sizes 160x192x224 --paths float32,fast,compiled,fast+compiled``.
 
-Reported: the median wall time over ``repeats`` iterations after one warm-up, the refinement's part,
-the OFG/unsupervised ratio per path (target ≤ 1.25×) and the fast/float32 speed-up per method, and the
-peak memory of an iteration and its ratio (target ≤ 1.5×). Peak memory: on CUDA
+Reported: the median wall time over ``repeats`` iterations after one warm-up and the median CPU time of
+the process (all threads; on a shared machine steadier than wall time at 1 thread, ``--threads 1``), the
+refinement's part, the OFG/unsupervised ratio per path (target ≤ 1.25×), each path's speed-up over
+float32 per method (wall and CPU time), and the peak memory of an iteration and its ratio (target ≤ 1.5×). Peak memory: on CUDA
 ``torch.cuda.max_memory_allocated``; on CPU each measurement runs in a fresh subprocess (neither
 inherits the other's heap): the peak resident set size (VmHWM) over the iterations minus the resident
 size after set-up, i.e. the extra memory training needs. For ``ofg-fused`` on CPU the set-up includes
@@ -110,13 +111,14 @@ def _measure(method: str, shape: int | tuple[int, int, int], device: torch.devic
     else:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         baseline = _rss_mb("VmRSS")
-    times, refine_times = [], []
+    times, cpu_times, refine_times = [], [], []
     for i in range(repeats + 1):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         _, _, target_seconds = step(moving, fixed, "bench", epoch=0)
         synchronize(device)
         if i > 0:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
             refine_times.append(target_seconds)
     if cuda:
         peak = (torch.cuda.max_memory_allocated(device) - baseline) / 2**20
@@ -124,7 +126,8 @@ def _measure(method: str, shape: int | tuple[int, int, int], device: torch.devic
     else:
         total = _rss_mb("VmHWM")
         peak = total - baseline
-    return {"seconds": statistics.median(times), "refine_seconds": statistics.median(refine_times),
+    return {"seconds": statistics.median(times), "cpu_seconds": statistics.median(cpu_times),
+            "refine_seconds": statistics.median(refine_times),
             "peak_mb": peak, "total_peak_mb": total}
 
 
@@ -154,7 +157,8 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     model_size = getattr(args, "model_size", "small")
     print(f"one training iteration, {model} ({model_size}), batch 1, on {device} (median of {args.repeats} after "
           f"a warm-up); bf16 native here: {bf16_is_fast(device)}")
-    print(f"{'size':<10}{'path':<15}{'method':<14}{'s/it':>9}{'refine s':>10}{'peak MiB':>10}{'total MiB':>11}")
+    print(f"{'size':<10}{'path':<15}{'method':<14}{'s/it':>9}{'cpu s/it':>9}{'refine s':>10}{'peak MiB':>10}"
+          f"{'total MiB':>11}")
     results: dict[str, dict[str, float]] = {}
     for shape in shapes:
         label = "x".join(map(str, shape))
@@ -164,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                      if device.type == "cpu" else measure(method, shape, device, args.repeats, path=path,
                                                           model_name=model, model_size=model_size))
                 results[f"{label}/{path}/{method}"] = r
-                print(f"{label:<10}{path:<15}{method:<14}{r['seconds']:>9.4f}{r['refine_seconds']:>10.4f}"
+                print(f"{label:<10}{path:<15}{method:<14}{r['seconds']:>9.4f}{r['cpu_seconds']:>9.4f}{r['refine_seconds']:>10.4f}"
                       f"{r['peak_mb']:>10.1f}{r['total_peak_mb']:>11.1f}")
         for path, method in ((path, method) for path in paths for method in METHODS[1:]):
             base, ofg = results[f"{label}/{path}/unsupervised"], results[f"{label}/{path}/{method}"]
@@ -178,7 +182,9 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
                   f"{MEMORY_TARGET}x: {_verdict(memory_ratio, MEMORY_TARGET)})")
         for path in paths[1:] if paths[0] == "float32" else []:
             for method in METHODS:
-                speedup = results[f"{label}/float32/{method}"]["seconds"] / results[f"{label}/{path}/{method}"]["seconds"]
-                results[f"{label}/{path}/{method}"]["vs_float32"] = 1 / speedup
-                print(f"{label} {method}: {path} {speedup:.2f}x faster than float32 (time ratio {1 / speedup:.2f}x)")
+                base, this = results[f"{label}/float32/{method}"], results[f"{label}/{path}/{method}"]
+                speedup, cpu_ratio = base["seconds"] / this["seconds"], this["cpu_seconds"] / base["cpu_seconds"]
+                this["vs_float32"], this["cpu_vs_float32"] = 1 / speedup, cpu_ratio
+                print(f"{label} {method}: {path} {speedup:.2f}x faster than float32 (time ratio {1 / speedup:.2f}x, "
+                      f"CPU-time ratio {cpu_ratio:.2f}x)")
     return results
