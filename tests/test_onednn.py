@@ -259,6 +259,13 @@ def test_everything_else_is_plain_conv3d():
     assert torch.equal(circular(x), nn.Conv3d.forward(circular, x))
 
 
+def test_compiles_to_plain_conv3d_without_graph_break():
+    layer = Conv3d(2, 4, 3, padding=1)
+    x = torch.rand(1, 2, 6, 8, 6)
+    compiled = torch.compile(layer, fullgraph=True)  # a graph break would raise
+    torch.testing.assert_close(compiled(x), F.conv3d(x, layer.weight, layer.bias, padding=1))
+
+
 def test_outputs_channels_last_and_the_displacement_contiguous():
     layer = Conv3d(2, 4, 3, padding=1)
     assert layer(torch.rand(1, 2, 8, 8, 8)).is_contiguous(memory_format=torch.channels_last_3d)

@@ -181,11 +181,15 @@ class _OneDNNConv3dFunction(torch.autograd.Function):
 
 
 def takes_onednn_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether :func:`conv3d` computes conv3d(x, weight) on its oneDNN path (the module docstring)."""
-    return (is_enabled() and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.dim() == 5 and not x.is_mkldnn and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling())
+    """Whether :func:`conv3d` computes conv3d(x, weight) on its oneDNN path (the module docstring).
+
+    Under ``torch.compile`` it is False before anything else is looked at (dynamo does not trace
+    ``torch.backends.mkldnn.is_available``), so the traced network is plain ``F.conv3d``."""
+    if torch.compiler.is_compiling() or not is_enabled():
+        return False
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.dim() == 5
+            and not x.is_mkldnn and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and not torch.is_autocast_enabled("cpu"))
 
 
 def channels_last_input(x: torch.Tensor) -> torch.Tensor:
