@@ -19,7 +19,8 @@ for an input x (N,C,D,H,W) float32 on the CPU, outside autocast and ``torch.comp
   :func:`slab_plan`), which it does; the input gradient is summed back over the overlap. The
   explicit D padding also matters on its own: oneDNN 3.12's AVX2 weight-gradient kernel declines
   channels-last problems padded along D and falls back to a gemm 2-3x slower (18->8 channels at
-  48x64x48: 108 ms against 40 ms).
+  48x64x48: 108 ms against 40 ms). Where ATen runs AVX-512 kernels (:data:`PAD_DEPTH` False) the
+  layers PyTorch already sends to oneDNN keep its own path (``F.conv3d``, channels-last).
 
 Each output value is the same float32 sum as ``F.conv3d``'s, in another order: results agree to
 float32 rounding, and bit for bit on small-integer data (tests/test_onednn.py). Anything else
@@ -42,6 +43,10 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 CHANNELS_LAST = torch.channels_last_3d
+#: whether the backward pads D explicitly where PyTorch sends a problem to oneDNN at batch N (module
+#: docstring): not where ATen runs AVX-512 kernels, whose oneDNN weight-gradient kernel takes D padding and
+#: the copy only costs (VoxelMorph-small iteration +6-7 % with it there, -20-25 % with it on AVX2)
+PAD_DEPTH = torch.backends.cpu.get_cpu_capability() != "AVX512"
 ENV_VAR = "OFG_ONEDNN_CONV"
 _state = {"enabled": os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")}
 
@@ -202,15 +207,16 @@ def channels_last_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def _pytorch_picks_onednn(x: torch.Tensor, weight: torch.Tensor, padding: list[int], stride: list[int],
-                          dilation: list[int], groups: int) -> bool:
-    """Whether PyTorch's dispatch sends conv3d(x zero-padded along D, weight) (padding 0 along D) to oneDNN.
-
-    It looks at shapes only, so a zero-size tensor expanded to the padded shape stands in for the copy."""
+                          dilation: list[int], groups: int, pad_depth: bool) -> bool:
+    """Whether PyTorch's dispatch sends conv3d(x, weight) to oneDNN; with ``pad_depth``, that of x
+    zero-padded along D (padding 0 along D). It looks at shapes only: a zero-size tensor expanded to
+    the padded shape stands in for the copy."""
     n, c, d, h, w = x.shape
-    probe = x.new_zeros(()).expand(n, c, d + 2 * padding[0], h, w)
+    front = padding[0] if pad_depth else 0
+    probe = x.new_zeros(()).expand(n, c, d + 2 * front, h, w)
     try:
-        backend = torch._C._select_conv_backend(probe, weight, None, stride, [0, padding[1], padding[2]], dilation,
-                                                False, [0, 0, 0], groups)
+        backend = torch._C._select_conv_backend(probe, weight, None, stride, [padding[0] - front] + padding[1:],
+                                                dilation, False, [0, 0, 0], groups)
     except (AttributeError, RuntimeError, TypeError):  # a torch without this helper: assume it does not
         return False
     return backend == torch._C._ConvBackend.Mkldnn
@@ -226,13 +232,14 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     if not takes_onednn_path(x, weight):
         return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
-    padded = _pytorch_picks_onednn(x, weight, padding, stride, dilation, groups)
+    laid_out = (x.contiguous(memory_format=CHANNELS_LAST), weight.contiguous(memory_format=CHANNELS_LAST))
+    if not PAD_DEPTH and _pytorch_picks_onednn(x, weight, padding, stride, dilation, groups, pad_depth=False):
+        return F.conv3d(*laid_out, bias, stride, padding, dilation, groups)  # PyTorch's own oneDNN path
+    padded = PAD_DEPTH and _pytorch_picks_onednn(x, weight, padding, stride, dilation, groups, pad_depth=True)
     out_depth = (x.shape[2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
     if not padded and (x.shape[0] > 1 or out_depth < 2):  # no slabs to cut (the layer is tiny anyway)
         return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
-    x = x.contiguous(memory_format=CHANNELS_LAST)
-    weight = weight.contiguous(memory_format=CHANNELS_LAST)
-    return _OneDNNConv3dFunction.apply(x, weight, bias, stride, padding, dilation, groups, padded)
+    return _OneDNNConv3dFunction.apply(*laid_out, bias, stride, padding, dilation, groups, padded)
 
 
 class Conv3d(nn.Conv3d):
