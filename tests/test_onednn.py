@@ -179,6 +179,27 @@ def test_network_convs_are_within_float32_rounding(name):
             assert worst <= 1, f"{name} layer {shape}: {what} error {worst:.2f} x the bound"
 
 
+@pytest.mark.parametrize("pad_depth", [True, False])
+@pytest.mark.parametrize("groups,stride,dilation,depth", [(2, 1, 1, 9), (4, 2, 1, 9), (1, 1, 2, 9), (2, 2, 2, 10)])
+def test_groups_strides_dilations_equal_conv3d_on_integer_data(groups, stride, dilation, depth, pad_depth, monkeypatch):
+    """Options the networks do not use, bit for bit F.conv3d's values and gradients on integer data."""
+    monkeypatch.setattr(onednn, "PAD_DEPTH", pad_depth)
+    generator = torch.Generator().manual_seed(3)
+    x, w, b = (torch.randint(-2, 3, size, generator=generator).float()
+               for size in ((1, 8, depth, 12, 10), (8, 8 // groups, 3, 3, 3), (8,)))
+    args = ((stride,) * 3, (dilation,) * 3, (dilation,) * 3, groups)
+    grad_out = torch.randint(-2, 3, F.conv3d(x, w, b, *args).shape, generator=generator).float()
+
+    def run(fn):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        y = fn(*leaves, *args)
+        return (y.detach(), *torch.autograd.grad(y, leaves, grad_out))
+
+    ours = run(conv3d)
+    for o, p in zip(ours, run(F.conv3d)):
+        assert torch.equal(o, p)
+
+
 def _conv_events(model: nn.Module, x: torch.Tensor, capfd) -> tuple[set[str], str]:
     """(aten op names, oneDNN verbose output) of one forward and backward of ``model`` on ``x``."""
     capfd.readouterr()
