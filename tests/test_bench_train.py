@@ -32,3 +32,21 @@ def test_run_reports_each_path_and_the_ratios_for_another_model_and_size(capsys)
         assert results[f"20x24x18/{path}/ofg"]["refine_seconds"] > 0
         assert results[f"20x24x18/{path}/ofg-fused"]["refine_seconds"] > 0
         assert results[f"20x24x18/{path}/ratios"]["time"] > 0 and results[f"20x24x18/{path}/ratios-fused"]["time"] > 0
+
+
+def test_float32_is_plain_pytorch_and_float32_onednn_takes_the_onednn_convs(monkeypatch):
+    import ofg.bench.train as bench
+    from ofg.models import onednn
+
+    seen: dict[str, bool] = {}
+
+    def record(method, shape, device, repeats, steps, path, model_name, model_size):
+        seen[path] = onednn.is_enabled()
+        return {}
+
+    monkeypatch.setattr(bench, "_measure", record)
+    for path in ("float32", "float32-onednn", "fast"):
+        bench.measure("unsupervised", 16, torch.device("cpu"), repeats=1, path=path)
+    assert seen == {"float32": False, "float32-onednn": True, "fast": True} and onednn.is_enabled()
+    monkeypatch.undo()
+    assert bench.measure("unsupervised", 16, torch.device("cpu"), repeats=1, path="float32-onednn")["seconds"] > 0

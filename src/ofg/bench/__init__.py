@@ -5,6 +5,7 @@ table: ``core`` (losses and the OFG refinement), and, when present, ``models`` a
 """
 
 SECTIONS = ("core", "models", "train")
-#: the training paths [train] times: float32; the fast path (bf16 autocast + channels-last network);
-#: the network under torch.compile; both
-PATHS = ("float32", "fast", "compiled", "fast+compiled")
+#: the training paths [train] times: plain PyTorch float32; float32 with the oneDNN convolutions of
+#: ofg.models.onednn (what amp: false training runs on a CPU); the fast path (bf16 autocast +
+#: channels-last network); the network under torch.compile; both
+PATHS = ("float32", "float32-onednn", "fast", "compiled", "fast+compiled")

@@ -56,8 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", choices=MODEL_NAMES, default="voxelmorph", help="[train] the network (default voxelmorph)")
     parser.add_argument("--model-size", choices=("small", "paper"), default="small",
                         help="[train] small (CPU-sized) or paper (the reference configuration)")
-    parser.add_argument("--paths", type=_paths, default=["float32", "fast"],
-                        help=f"[train] comma-separated paths from {','.join(PATHS)} (default float32,fast); e.g. the "
+    parser.add_argument("--paths", type=_paths, default=["float32", "float32-onednn", "fast"],
+                        help=f"[train] comma-separated paths from {','.join(PATHS)} (default "
+                             "float32,float32-onednn,fast); e.g. the "
                              "paper-size GPU check: --device cuda --model transmorph --model-size paper --sizes "
                              "160x192x224 --paths float32,fast,compiled,fast+compiled")
     parser.add_argument("--threads", type=int, default=None,

@@ -32,13 +32,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ofg.models.common import RegistrationNet, check_divisible, flow_head, parse_img_size
+from ofg.models.common import RegistrationNet, cat_channels, check_divisible, flow_head, parse_img_size
+from ofg.models.onednn import Conv3d
 from ofg.spatial import integrate
 
 
 def conv_prelu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
     """3x3x3 conv (with bias) and PReLU."""
-    return nn.Sequential(nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1), nn.PReLU())
+    return nn.Sequential(Conv3d(in_channels, out_channels, 3, stride=stride, padding=1), nn.PReLU())
 
 
 class LargeKernelBlock(nn.Module):
@@ -48,16 +49,16 @@ class LargeKernelBlock(nn.Module):
         super().__init__()
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"lkunet: kernel must be a positive odd integer, got {kernel}")
-        self.regular = nn.Conv3d(channels, channels, 3, padding=1)
+        self.regular = Conv3d(channels, channels, 3, padding=1)
         self.large = LargeKernelConv(channels, channels, kernel, padding=kernel // 2)
-        self.point = nn.Conv3d(channels, channels, 1)
+        self.point = Conv3d(channels, channels, 1)
         self.act = nn.PReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.regular(x) + self.large(x) + self.point(x) + x)
 
 
-class LargeKernelConv(nn.Conv3d):
+class LargeKernelConv(Conv3d):
     """A same-padded Conv3d that leaves autocast (runs in float32) when an input axis is shorter than
     its kernel: (B,C,D,H,W) -> (B,C',D,H,W), float32 in that case, else autocast's dtype as usual.
 
@@ -120,7 +121,7 @@ class LKUNet(RegistrationNet):
             features.append(level(features[-1]))
         y = features.pop()
         for up, fuse in zip(self.up, self.fuse):
-            y = fuse(torch.cat([up(y), features.pop()], dim=1))
+            y = fuse(cat_channels([up(y), features.pop()]))
         normalised = F.softsign(self.flow_head(y))
         scale = torch.tensor([(n - 1) / 2 for n in x.shape[2:]], device=x.device, dtype=normalised.dtype)
         disp = normalised * scale.view(1, 3, 1, 1, 1)

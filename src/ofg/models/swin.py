@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ofg.models.common import DropPath
+from ofg.models.onednn import Conv3d
 
 PATCH = 4  # the decoder's two conv-skip levels (1/2 and full resolution) assume a stride-4 embedding
 MASK_VALUE = -100.0  # additive logit for token pairs from different shifted regions (reference value)
@@ -179,7 +180,7 @@ class SwinEncoder(nn.Module):
     def __init__(self, embed_dim: int, depths: Sequence[int], heads: Sequence[int], window: Window,
                  mlp_ratio: float, qkv_bias: bool, drop_path: float) -> None:
         super().__init__()
-        self.patch_embed = nn.Conv3d(2, embed_dim, kernel_size=PATCH, stride=PATCH)
+        self.patch_embed = Conv3d(2, embed_dim, kernel_size=PATCH, stride=PATCH)
         self.embed_norm = nn.LayerNorm(embed_dim)
         rates = torch.linspace(0.0, drop_path, sum(depths)).tolist()
         self.stages = nn.ModuleList()

@@ -25,13 +25,14 @@ import torch.nn.functional as F
 
 from ofg.models.common import (RegistrationNet, UpBlock, check_divisible, conv_norm_act, flow_head,
                                parse_img_size)
+from ofg.models.onednn import Conv3d
 
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
     """Two 3x3x3 convs (with bias) each followed by ReLU."""
     return nn.Sequential(
-        nn.Conv3d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv3d(out_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True))
+        Conv3d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True),
+        Conv3d(out_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True))
 
 
 class SelfAttention(nn.Module):
@@ -113,7 +114,7 @@ class ViTVNet(RegistrationNet):
         self.inc = double_conv(2, encoder[0])
         self.down1 = nn.Sequential(nn.MaxPool3d(2), double_conv(encoder[0], encoder[1]))
         self.down2 = nn.Sequential(nn.MaxPool3d(2), double_conv(encoder[1], encoder[2]))
-        self.patch_embed = nn.Conv3d(encoder[2], hidden, kernel_size=patch, stride=patch)
+        self.patch_embed = Conv3d(encoder[2], hidden, kernel_size=patch, stride=patch)
         self.position = nn.Parameter(torch.zeros(1, math.prod(self.grid), hidden))
         self.embed_dropout = nn.Dropout(dropout)
         self.blocks = nn.Sequential(*[TransformerBlock(hidden, heads, mlp_dim, dropout) for _ in range(layers)])

@@ -17,11 +17,12 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ofg.models.common import RegistrationNet, check_divisible, flow_head, parse_img_size
+from ofg.models.common import RegistrationNet, cat_channels, check_divisible, flow_head, parse_img_size
+from ofg.models.onednn import Conv3d
 
 
 def _conv_lrelu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
-    conv = nn.Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
+    conv = Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
     return nn.Sequential(conv, nn.LeakyReLU(0.2))
 
 
@@ -75,7 +76,7 @@ class VoxelMorph(RegistrationNet):
             activations.append(layer(activations[-1]))
         y = activations.pop()
         for layer in self.up:
-            y = torch.cat([self.upsample(layer(y)), activations.pop()], dim=1)
+            y = cat_channels([self.upsample(layer(y)), activations.pop()])
         for layer in self.extra:
             y = layer(y)
         return self.flow_head(y)
