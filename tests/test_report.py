@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -251,3 +252,28 @@ def test_the_caption_names_the_ixi_test_subset():
     assert "ixi test set: 20 subjects of its test folder drawn with seed 42" in table_caption(plan, "T.")
     assert "115" in table_caption({**plan, "test_subsets": {"ixi": "all"}}, "T.")
     assert "test set" not in table_caption({"split": "test", "label_mode": "onehot"}, "T.")
+
+
+def test_the_caption_names_the_arithmetic_of_the_trainings(tmp_path):
+    """Each run's summary.json records its arithmetic (ofg.runtime.arithmetic_path); captions say it, with
+    counts where the runs differ, and 'not recorded' for runs without the record."""
+    from ofg.report.load import load_arithmetic
+    from ofg.report.render import arithmetic_caption
+
+    fast = {"device": "cpu", "network": "bfloat16 autocast", "channels_last": True, "float32_convolutions": "onednn",
+            "fused_refinement": None, "cpu": "Some CPU", "cpu_capability": "AVX512", "bf16_native": True}
+    runs = []
+    for i, record in enumerate([fast, {**fast, "fused_refinement": True}, None]):
+        run = {"dataset": "d", "model": "voxelmorph", "run": f"r{i}", "seed": 0, "method": "ofg", "steps": 1}
+        folder = Layout(tmp_path).run(RunKey("d", "voxelmorph", f"r{i}", 0)).path
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({"arithmetic": record} if record else {}))
+        runs.append(run)
+    records = load_arithmetic(tmp_path, runs)
+    assert records == [fast, {**fast, "fused_refinement": True}, None]
+    text = arithmetic_caption(records)
+    assert "bfloat16 autocast, channels-last on cpu, Some CPU (AVX512, bf16 native) (2 of 3)" in text
+    assert "not recorded (1 of 3)" in text and "refinement fused." in text
+    single = arithmetic_caption([{**fast, "network": "float32", "channels_last": False, "bf16_native": False}])
+    assert "network float32 (convolutions: onednn) on cpu, Some CPU (AVX512, bf16 not native)." in single
+    assert arithmetic_caption([]) == ""

@@ -115,6 +115,11 @@ def test_each_method_lowers_its_loss(tmp_path, method):
     assert summary["final_epoch"] == 5 and summary["best_val_dice"] == history["val_dice"].max()
     assert summary["versions"] == {"python": platform.python_version(), "torch": torch.__version__,
                                    "numpy": np.__version__, "ofg": ofg.__version__}
+    arithmetic = summary["arithmetic"]  # the path this run's numbers come from
+    assert arithmetic["network"] == "float32" and arithmetic["channels_last"] is False
+    assert arithmetic["float32_convolutions"] == "onednn" and arithmetic["device"] == "cpu"
+    assert arithmetic["fused_refinement"] == ({"ofg": False, "opt_self_training": False}.get(method))
+    assert arithmetic["cpu"] and arithmetic["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     saved = RunConfig.load(run / "config.yaml")
     assert saved.loss.diffusion_weight == (1.0 if method == "unsupervised" else 0.02)
     assert saved.bidirectional is False and saved.augment_flips is False  # the dataset's defaults
@@ -483,6 +488,9 @@ def test_fast_path_resumes_bitwise_and_auto_resolves_from_the_device(tmp_path):
     auto = train(resume_config(amp="auto", channels_last="auto", epochs=1), tmp_path / "auto", progress=False)
     stored = RunConfig.load(auto / "config.yaml")
     assert stored.amp is stored.channels_last is bf16_is_fast(torch.device("cpu"))
+    arithmetic = json.loads((auto / "summary.json").read_text())["arithmetic"]
+    assert arithmetic["network"] == ("bfloat16 autocast" if stored.amp else "float32")
+    assert arithmetic["bf16_native"] is bf16_is_fast(torch.device("cpu"))
 
 
 def test_fused_refinement_option_trains_and_resumes(tmp_path, monkeypatch):
@@ -495,6 +503,7 @@ def test_fused_refinement_option_trains_and_resumes(tmp_path, monkeypatch):
     config = resume_config(ofg={"steps": 2, "fused": True})
     reference = train(config, tmp_path / "straight", progress=False)
     assert calls
+    assert json.loads((reference / "summary.json").read_text())["arithmetic"]["fused_refinement"] is True
     stopped = train(config, tmp_path / "stopped", progress=False, stop_after_epochs=1)
     train(config, stopped, progress=False)
     assert_same_weights(weights(reference), weights(stopped))

@@ -11,6 +11,8 @@ from __future__ import annotations
 #: training methods; the last two learn from a teacher network's fields
 METHODS = ("unsupervised", "ofg", "self_training", "opt_self_training")
 TEACHER_METHODS = ("self_training", "opt_self_training")
+#: methods whose training refines fields: OFG online, optimised self-training its teacher's fields offline
+REFINING_METHODS = ("ofg", "opt_self_training")
 #: networks of :func:`ofg.models.build_model` and their two sizes
 MODEL_NAMES = ("voxelmorph", "transmorph", "vitvnet", "lkunet")
 MODEL_SIZES = ("paper", "small")

@@ -43,10 +43,11 @@ from ofg.inference import forward, validation_scores
 from ofg.io import atomic_path, write_json_atomic
 from ofg.layout import RunFolder
 from ofg.models import build_model
+from ofg.names import REFINING_METHODS
 from ofg.objectives import Objective, build_objective
 from ofg.resume import IF_STALE, prepare_run_folder
-from ofg.runtime import (bf16_is_fast, peak_memory_mb, reset_peak_memory, resolve_device, software_versions,
-                         synchronize)
+from ofg.runtime import (arithmetic_path, bf16_is_fast, peak_memory_mb, reset_peak_memory, resolve_device,
+                         software_versions, synchronize)
 
 log = logging.getLogger("ofg.train")
 
@@ -233,6 +234,8 @@ def _train(config: RunConfig, dataset: Any, folder: RunFolder, device: torch.dev
         "model": config.model.name, "dataset": config.dataset.name,
         "final_val_dice": state.history[-1]["val_dice"] if state.history else float("nan"),
         "versions": software_versions(),
+        "arithmetic": arithmetic_path(device, config.amp, config.channels_last,
+                                      config.ofg.fused if config.method in REFINING_METHODS else None),
     })
     log.info("finished %s: best val dice %.4f at epoch %d, %.1f s", folder.path, state.best_score, state.best_epoch,
              state.seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -37,6 +38,20 @@ def load_metrics(results: str | Path, runs: Iterable[Mapping[str, Any]]) -> pd.D
         frames.append(frame.assign(dataset=run["dataset"], model=run["model"], run=run["run"], method=run["method"],
                                    steps=run["steps"], seed=run["seed"]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_arithmetic(results: str | Path, runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any] | None]:
+    """The ``arithmetic`` record of each finished run's ``summary.json`` (:func:`ofg.runtime.arithmetic_path`),
+    in the order of ``runs``; None for a run without one (unfinished, or trained before it was recorded)."""
+    layout, out = Layout(results), []
+    for run in runs:
+        path = layout.run(_key(run)).summary
+        try:
+            record = json.loads(path.read_text()).get("arithmetic") if path.is_file() else None
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: unreadable training summary ({exc})") from exc
+        out.append(record)
+    return out
 
 
 def load_history(results: str | Path, run: Mapping[str, Any]) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ofg.io import atomic_path, write_text_atomic
+from ofg.report.load import load_arithmetic
 
 EMBEDDED_CAVEAT = ("Embedded data: one real anatomy per modality with known synthetic deformations, "
                    "a proxy for inter-subject variability; not comparable with published numbers.")
@@ -135,6 +136,45 @@ def test_subset_caption(plan: Mapping[str, Any]) -> str:
                    for dataset, subset in subsets.items())
 
 
+def arithmetic_caption(records: Sequence[Mapping[str, Any] | None]) -> str:
+    """The caption sentence naming the arithmetic of the runs (records of
+    :func:`ofg.report.load.load_arithmetic`), with how many runs used each where they differ; '' for no runs."""
+    if not records:
+        return ""
+    networks = _counts([_network_text(r) for r in records])
+    refinements = _counts([{True: "fused", False: "eager"}[r["fused_refinement"]] for r in records
+                           if r and r.get("fused_refinement") is not None])
+    text = f" Arithmetic of the {len(records)} trainings (their summary.json): {_join(networks, len(records))}"
+    if refinements:
+        text += f"; refinement {_join(refinements, sum(refinements.values()))}"
+    return text + "."
+
+
+def _counts(values: Sequence[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
+def _join(counts: Mapping[str, int], total: int) -> str:
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "; ".join(f"{text} ({n} of {total})" for text, n in counts.items())
+
+
+def _network_text(record: Mapping[str, Any] | None) -> str:
+    if not record:
+        return "not recorded"
+    network = record.get("network", "?")
+    if network == "float32":
+        network += f" (convolutions: {record.get('float32_convolutions', '?')})"
+    layout = ", channels-last" if record.get("channels_last") else ""
+    native = "bf16 native" if record.get("bf16_native") else "bf16 not native"
+    return (f"network {network}{layout} on {record.get('device', '?')}, {record.get('cpu', '?')} "
+            f"({record.get('cpu_capability', '?')}, {native})")
+
+
 def table_caption(plan: Mapping[str, Any], text: str) -> str:
     conventions = (f"Split: {plan['split']}.{test_subset_caption(plan)} Labels warped by {plan['label_mode']} "
                    "for Dice, ± and p; 'Dice nearest' (the OFG reference code's convention) and 'Dice one-hot' "
@@ -145,4 +185,5 @@ def table_caption(plan: Mapping[str, Any], text: str) -> str:
                    "%|J|≤0 from np.gradient of identity+displacement; SDlogJ by the Learn2Reg formula; HD95 in "
                    "voxels.")
     caveat = f" {EMBEDDED_CAVEAT}" if plan.get("embedded") else ""
-    return f"{text} {conventions}{caveat}"
+    arithmetic = arithmetic_caption(load_arithmetic(plan["results"], plan["runs"])) if "runs" in plan else ""
+    return f"{text} {conventions}{arithmetic}{caveat}"
