@@ -40,7 +40,7 @@ def test_float32_is_plain_pytorch_and_float32_onednn_takes_the_onednn_convs(monk
 
     seen: dict[str, bool] = {}
 
-    def record(method, shape, device, repeats, steps, path, model_name, model_size):
+    def record(method, shape, device, repeats, steps, path, model_name, model_size, breakdown):
         seen[path] = onednn.is_enabled()
         return {}
 

@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "float32,float32-onednn,fast); e.g. the "
                              "paper-size GPU check: --device cuda --model transmorph --model-size paper --sizes "
                              "160x192x224 --paths float32,fast,compiled,fast+compiled")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="[train] also where each iteration goes: its phases (network and warp, loss and "
+                             "target, backward, optimiser) and the operators with the most CPU time")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice); 1 is steadier on a busy machine")
     args = parser.parse_args(argv)

@@ -48,6 +48,7 @@ import torch
 
 from ofg import kernels
 from ofg.bench import PATHS
+from ofg.bench.breakdown import format_breakdown, profile
 from ofg.config import RunConfig
 from ofg.models import onednn
 from ofg.objectives import build_objective
@@ -78,14 +79,16 @@ def _images(shape: tuple[int, int, int], device: torch.device) -> tuple[torch.Te
 
 
 def measure(method: str, shape: int | tuple[int, int, int], device: torch.device, repeats: int, steps: int = 10,
-            path: str = "float32", model_name: str = "voxelmorph", model_size: str = "small") -> dict[str, float]:
-    """Median seconds per iteration and peak memory (MiB) of ``method`` on ``path`` (module docstring)."""
+            path: str = "float32", model_name: str = "voxelmorph", model_size: str = "small",
+            breakdown: bool = False) -> dict[str, float]:
+    """Median seconds per iteration and peak memory (MiB) of ``method`` on ``path`` (module docstring);
+    with ``breakdown``, also the iteration's phases and top operators (:func:`ofg.bench.breakdown.profile`)."""
     with onednn.enabled(path != "float32"):
-        return _measure(method, shape, device, repeats, steps, path, model_name, model_size)
+        return _measure(method, shape, device, repeats, steps, path, model_name, model_size, breakdown)
 
 
 def _measure(method: str, shape: int | tuple[int, int, int], device: torch.device, repeats: int, steps: int,
-             path: str, model_name: str, model_size: str) -> dict[str, float]:
+             path: str, model_name: str, model_size: str, breakdown: bool = False) -> dict[str, float]:
     shape = (shape,) * 3 if isinstance(shape, int) else tuple(shape)
     fast = path.startswith("fast")
     config = RunConfig.from_dict({"method": method.removesuffix("-fused"),
@@ -126,17 +129,19 @@ def _measure(method: str, shape: int | tuple[int, int, int], device: torch.devic
     else:
         total = _rss_mb("VmHWM")
         peak = total - baseline
-    return {"seconds": statistics.median(times), "cpu_seconds": statistics.median(cpu_times),
-            "refine_seconds": statistics.median(refine_times),
-            "peak_mb": peak, "total_peak_mb": total}
+    result = {"seconds": statistics.median(times), "cpu_seconds": statistics.median(cpu_times),
+              "refine_seconds": statistics.median(refine_times), "peak_mb": peak, "total_peak_mb": total}
+    if breakdown:
+        result["breakdown"] = profile(step, moving, fixed, device, repeats)
+    return result
 
 
 def _measure_in_subprocess(method: str, shape: tuple[int, int, int], repeats: int, path: str, model_name: str,
-                           model_size: str) -> dict[str, float]:
+                           model_size: str, breakdown: bool = False) -> dict[str, float]:
     threads = torch.get_num_threads()
     code = (f"import json, sys, torch; torch.set_num_threads({threads}); from ofg.bench.train import measure; "
             f"print(json.dumps(measure({method!r}, {tuple(shape)!r}, torch.device('cpu'), {repeats}, "
-            f"path={path!r}, model_name={model_name!r}, model_size={model_size!r})))")
+            f"path={path!r}, model_name={model_name!r}, model_size={model_size!r}, breakdown={breakdown!r})))")
     # the fresh process must use the thread count the user chose with --threads
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
@@ -154,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     device = torch.device(args.device)
     shapes = [tuple(s) for s in args.sizes] if args.sizes else list(SHAPES)
     paths, model = list(getattr(args, "paths", PATHS[:2])), getattr(args, "model", "voxelmorph")
-    model_size = getattr(args, "model_size", "small")
+    model_size, breakdown = getattr(args, "model_size", "small"), getattr(args, "breakdown", False)
     print(f"one training iteration, {model} ({model_size}), batch 1, on {device} (median of {args.repeats} after "
           f"a warm-up); bf16 native here: {bf16_is_fast(device)}")
     print(f"{'size':<10}{'path':<15}{'method':<14}{'s/it':>9}{'cpu s/it':>9}{'refine s':>10}{'peak MiB':>10}"
@@ -164,12 +169,15 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         label = "x".join(map(str, shape))
         for path in paths:
             for method in METHODS:
-                r = (_measure_in_subprocess(method, shape, args.repeats, path, model, model_size)
+                r = (_measure_in_subprocess(method, shape, args.repeats, path, model, model_size, breakdown)
                      if device.type == "cpu" else measure(method, shape, device, args.repeats, path=path,
-                                                          model_name=model, model_size=model_size))
+                                                          model_name=model, model_size=model_size,
+                                                          breakdown=breakdown))
                 results[f"{label}/{path}/{method}"] = r
                 print(f"{label:<10}{path:<15}{method:<14}{r['seconds']:>9.4f}{r['cpu_seconds']:>9.4f}{r['refine_seconds']:>10.4f}"
                       f"{r['peak_mb']:>10.1f}{r['total_peak_mb']:>11.1f}")
+                if breakdown:
+                    print(format_breakdown(r["breakdown"]))
         for path, method in ((path, method) for path in paths for method in METHODS[1:]):
             base, ofg = results[f"{label}/{path}/unsupervised"], results[f"{label}/{path}/{method}"]
             time_ratio = ofg["seconds"] / base["seconds"]
