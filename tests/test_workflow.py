@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shlex
@@ -63,8 +64,15 @@ def test_run_ids_and_look_up_by_key():
 
 def test_seed_axis_matches_seeds_in_every_comparison():
     config = load_config("config.yaml")
-    assert config["training"]["seeds"] == [0, 1, 2] and config["training"]["model_seeds"] == {"lkunet": [0]}
-    config["datasets"]["embedded-brain"]["models"] = ["voxelmorph", "lkunet"]  # a secondary model: one seed
+    assert config["training"]["seeds"] == [0, 1, 2] and not config["training"].get("model_seeds")
+    for dataset in ("embedded-brain", "embedded-ct"):  # the default's two networks on both cohorts
+        assert config["datasets"][dataset]["models"] == ["voxelmorph", "lkunet"]
+    default = ofg_plan.training_runs(config)
+    for dataset, model in itertools.product(("embedded-brain", "embedded-ct"), ("voxelmorph", "lkunet")):
+        for run_id in ("unsupervised", "ofg-k10"):  # the main comparison: both networks, the same 3 seeds
+            assert {r.seed for r in default if (r.dataset, r.model, r.id) == (dataset, model, run_id)} == {0, 1, 2}
+    assert len(default) == 39
+    config["training"]["model_seeds"] = {"lkunet": [0]}  # a secondary model on one seed
     runs = ofg_plan.training_runs(config)
     main = {(r.dataset, r.model, r.id): set() for r in runs}
     for r in runs:
@@ -230,17 +238,19 @@ def test_dry_run_default_config_plans_every_job_once(tmp_path):
     config = load_config("config.yaml")
     counts = job_counts(result.stdout)
     runs = ofg_plan.training_runs(config)
-    assert counts["train"] == len(runs) == 3 * (7 + 2)  # seeds x (brain: 2 main, 2 self-training, k 1/5/20; CT: 2)
+    # seeds x (brain VoxelMorph: 2 main, 2 self-training, k 1/5/20; brain LKU-Net: 2; CT: 2 per network)
+    assert counts["train"] == len(runs) == 3 * (7 + 2 + 2 * 2)
     seeds = {(r.dataset, r.model, r.id): set() for r in runs}
     for r in runs:
         assert str(Layout(results).run(r.key).summary) in result.stdout
         seeds[(r.dataset, r.model, r.id)].add(r.seed)
-    for dataset in ("embedded-brain", "embedded-ct"):  # the dry run lists 3 seeds of each main run
-        for run_id in ("unsupervised", "ofg-k10"):
-            assert seeds[(dataset, "voxelmorph", run_id)] == {0, 1, 2}
-            assert all(f"{dataset}/voxelmorph/{run_id}/seed-{s}/" in result.stdout for s in range(3))
+    for dataset, model in itertools.product(("embedded-brain", "embedded-ct"), ("voxelmorph", "lkunet")):
+        for run_id in ("unsupervised", "ofg-k10"):  # the dry run lists 3 seeds of each main run
+            assert seeds[(dataset, model, run_id)] == {0, 1, 2}
+            assert all(f"{dataset}/{model}/{run_id}/seed-{s}/" in result.stdout for s in range(3))
     assert counts["evaluate"] == len(runs)
     assert counts["prepare_data"] == 2 and counts["refinement"] == 2 and counts["tables_and_figures"] == 1
+    assert counts["timing"] == 4  # each (dataset, network) of the main comparison
     assert counts["baselines"] == 2
     assert planned_runs(result.stdout) == {str(Layout(results).run(r.key).summary) for r in runs}
     # every job runs a notebook with papermill and keeps it as its log

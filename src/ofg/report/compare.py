@@ -1,7 +1,9 @@
 """Two claims tables side by side, verdict by verdict (e.g. the same plan on two arithmetic paths).
 
-    python -m ofg.report.compare results/tables/claims.csv results/float32/tables/claims.csv \
-        --labels bf16 float32 [--out comparison.md]
+    python -m ofg.report.compare FIRST.csv SECOND.csv --labels bf16 float32 [--out comparison.md]
+
+FIRST and SECOND are the claims tables (claims.csv) of two runs, e.g. the default run's and that of
+``config/float32.yaml`` (README, "Which arithmetic made a table").
 
 Rows are matched on what identifies a claim row (dataset, model, claim, comparator, metric and the
 row's note, which names the ablation step or the Fig. 2 start); rows present in only one table are
