@@ -1,4 +1,4 @@
-"""ofg.gap: the guidance gap (prediction vs its refined target) per epoch in history.csv.
+"""ofg.gap: the guidance gap (prediction vs its refined target) per epoch in history.csv, and its figure.
 
 Tiny synthetic runs (16^3, a 2-level VoxelMorph, see test_train): the columns of OFG and unsupervised
 runs, their learning rate, a recomputation from the saved weights, energies checked against an
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,10 +25,14 @@ from ofg.checkpoint import read_checkpoint
 from ofg.config import RunConfig
 from ofg.gap import GAP_COLUMNS, epoch_gap, gap_settings, guidance_gap
 from ofg.guidance import poly_lr
+from ofg.layout import Layout, RunKey
 from ofg.models import build_model
+from ofg.report import figures
 from ofg.settings import RefineSettings
 from ofg.train import train
 from test_train import TINY, assert_same_weights, make_config, make_teacher, weights
+
+matplotlib.use("Agg")
 
 
 @pytest.fixture(autouse=True)
@@ -201,3 +207,73 @@ def test_without_a_true_field_the_end_point_errors_are_nan(monkeypatch):
                        RefineSettings(steps=1), device="cpu")
     assert math.isnan(row["gap_epe_prediction"]) and math.isnan(row["gap_epe_target"])
     assert math.isfinite(row["gap_dice_target"])
+
+
+# ---------------------------------------------------------------- the report's figure
+
+
+def write_history(results: Path, run: dict, frame: pd.DataFrame) -> None:
+    folder = Layout(results).run(RunKey(run["dataset"], run["model"], run["run"], str(run["seed"])))
+    folder.path.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(folder.history, index=False)
+
+
+def gap_history(offset: float, epe: bool) -> pd.DataFrame:
+    """Three epochs: prediction Dice rising from 0.5 + offset, target Dice 0.6 + offset, energies and EPEs flat."""
+    epochs = np.arange(3)
+    flat = np.ones(3)
+    return pd.DataFrame({"epoch": epochs, "val_dice": 0.5 + offset + 0.01 * epochs,
+                         "gap_dice_prediction": 0.5 + offset + 0.01 * epochs, "gap_dice_target": (0.6 + offset) * flat,
+                         "gap_energy_prediction": (-0.5 - offset) * flat, "gap_energy_target": (-0.6 - offset) * flat,
+                         "gap_epe_prediction": (1.0 + offset) * flat if epe else np.nan * flat,
+                         "gap_epe_target": (0.8 + offset) * flat if epe else np.nan * flat})
+
+
+def tiny_plan(results: Path) -> dict:
+    runs = [{"dataset": "embedded-brain", "model": "voxelmorph", "run": run_id, "method": method, "steps": steps,
+             "seed": seed} for run_id, method, steps in (("unsupervised", "unsupervised", None), ("ofg-k2", "ofg", 2))
+            for seed in (0, 1)]
+    return {"results": str(results), "runs": runs, "main_run": "ofg-k2", "main_steps": 2}
+
+
+def captured_figure(monkeypatch, plan: dict, paths: list[Path]):
+    """Draw the figure through the real writer, keeping the figure object for inspection."""
+    kept = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, p, caveat: kept.append(fig) or save(fig, p, caveat))
+    figures.figure_guidance_gap(plan, "embedded-brain", "voxelmorph", paths)
+    for path in paths:
+        assert path.is_file() and path.stat().st_size > 0
+    return kept[0]
+
+
+@pytest.mark.parametrize("epe", [True, False])
+def test_gap_figure_draws_mean_over_seeds_of_both_runs(tmp_path, monkeypatch, epe):
+    plan = tiny_plan(tmp_path / "results")
+    for run in plan["runs"]:
+        write_history(tmp_path / "results", run, gap_history(0.1 * run["seed"] + (0.05 if run["method"] == "ofg" else 0), epe))
+    fig = captured_figure(monkeypatch, plan, [tmp_path / "gap.png", tmp_path / "gap.pdf"])
+    axes = [ax for ax in fig.axes if ax.get_visible() and ax.lines]
+    assert [ax.get_ylabel().split(" ")[0] for ax in axes] == (["validation", "energy", "end-point"] if epe
+                                                               else ["validation", "energy"])
+    dice = {line.get_label(): line.get_ydata() for line in axes[0].lines}
+    assert len(dice) == 4  # two runs x (prediction, target)
+    np.testing.assert_allclose(dice["OFG (ofg-k2): prediction"], 0.5 + 0.05 + 0.05 + 0.01 * np.arange(3))
+    np.testing.assert_allclose(dice["unsupervised (unsupervised): target"], [0.65] * 3)
+    assert len(axes[0].collections) == 4  # a min-max band per curve (two seeds)
+    assert "no guidance-gap columns" not in fig.get_suptitle()
+
+
+def test_gap_figure_tolerates_histories_without_the_columns(tmp_path, monkeypatch):
+    plan = tiny_plan(tmp_path / "results")
+    for run in plan["runs"]:  # older histories: no gap columns at all, or the unsupervised run's only
+        frame = gap_history(0.0, True)
+        write_history(tmp_path / "results", run, frame if run["method"] == "unsupervised" else frame[["epoch", "val_dice"]])
+    fig = captured_figure(monkeypatch, plan, [tmp_path / "some.png"])
+    assert "no guidance-gap columns in the histories of ofg-k2" in fig.get_suptitle()
+    assert len(fig.axes[0].lines) == 2  # the unsupervised run alone
+    for run in plan["runs"]:
+        write_history(tmp_path / "results", run, gap_history(0.0, True)[["epoch", "val_dice"]])
+    fig = captured_figure(monkeypatch, plan, [tmp_path / "none.png"])
+    assert len(fig.axes) == 1 and not fig.axes[0].lines and not fig.axes[0].axison
+    assert "unsupervised, ofg-k2" in fig.get_suptitle()

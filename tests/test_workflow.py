@@ -223,7 +223,7 @@ def test_report_outputs_name_every_table_and_figure_kind():
     names = {p.name for p in output_paths(plan)}
     for table in TABLES:
         assert {f"{table}.csv", f"{table}.md", f"{table}.tex"} <= names
-    for kind in ("training_curves", "ablation", "refinement", "structure_dice", "qualitative"):
+    for kind in ("training_curves", "guidance_gap", "ablation", "refinement", "structure_dice", "qualitative"):
         assert any(n.startswith(kind) and n.endswith(".png") for n in names), kind
         assert any(n.startswith(kind) and n.endswith(".pdf") for n in names), kind
 
