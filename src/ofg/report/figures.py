@@ -89,7 +89,7 @@ def figure_guidance_gap(plan: Mapping[str, Any], dataset: str, model: str, paths
                            plt.get_cmap("tab10")(j))
         ax.set(xlabel="epoch", ylabel=label)
     title = (f"Guidance gap: {model} on {dataset}, prediction (solid) vs its k={plan.get('main_steps')} refined "
-             "target (dashed); mean over seeds, band min–max")
+             "target (dashed); mean over seeds, band min–max where several")
     missing = [r["run"] for r in runs if curves["dice"][r["run"]] is None]
     if missing:
         title += (f"\nno guidance-gap columns in the histories of {', '.join(missing)} (trained before the "
