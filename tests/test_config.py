@@ -30,6 +30,7 @@ compile: false
 amp: false
 channels_last: false
 num_workers: 0
+guidance_gap: true
 """
 
 
@@ -71,6 +72,7 @@ def test_unknown_keys_are_listed_with_the_valid_ones():
     ({"device": "gpu"}, "device"),
     ({"iterations_per_epoch": 0}, "iterations_per_epoch"),
     ({"bidirectional": "yes"}, "bidirectional"),
+    ({"guidance_gap": "yes"}, "guidance_gap"),
     ({"loss": {"diffusion_weight": "lots"}}, "loss.diffusion_weight"),
     ({"loss": {"image": "lncc"}}, "loss.image"),
     ({"val_label_mode": "linear"}, "val_label_mode"),

@@ -25,8 +25,9 @@ def test_fresh_then_resume_then_finished(tmp_path):
     assert prepare_run_folder(folder, config(tmp_path)) == "resume"
     folder.summary.write_text("{}")
     assert prepare_run_folder(folder, config(tmp_path)) == "finished"
-    # a runtime-only key never makes a run stale
+    # a runtime-only key never makes a run stale; the guidance gap adds history columns, never changes weights
     assert prepare_run_folder(folder, config(tmp_path, num_workers=2)) == "finished"
+    assert prepare_run_folder(folder, config(tmp_path, guidance_gap=False)) == "finished"
 
 
 def test_changed_config_is_refused_or_restarted(tmp_path):

@@ -125,6 +125,15 @@ def test_run_config_is_valid_and_self_training_uses_unsupervised_teacher():
     assert ablation["epochs"] == config["training"]["epochs"]
 
 
+def test_guidance_gap_switch_reaches_the_run_config_only_when_off():
+    config = load_config("config.yaml")
+    assert config["training"]["guidance_gap"] is True  # the schema's default
+    run = ofg_plan.Run("embedded-brain", "voxelmorph", "unsupervised")
+    assert "guidance_gap" not in ofg_plan.run_config(config, run)  # older trainings keep their parameters
+    config["training"]["guidance_gap"] = False
+    assert ofg_plan.run_config(config, run)["guidance_gap"] is False
+
+
 def test_model_options_become_the_model_overrides_of_the_dataset_s_runs():
     config = load_config("config.yaml")
     config["datasets"]["embedded-brain"]["model_options"] = {"voxelmorph": {"encoder": [4, 8, 8, 8]}}
@@ -222,7 +231,7 @@ def test_report_outputs_name_every_table_and_figure_kind():
     names = {p.name for p in output_paths(plan)}
     for table in TABLES:
         assert {f"{table}.csv", f"{table}.md", f"{table}.tex"} <= names
-    for kind in ("training_curves", "ablation", "refinement", "structure_dice", "qualitative"):
+    for kind in ("training_curves", "guidance_gap", "ablation", "refinement", "structure_dice", "qualitative"):
         assert any(n.startswith(kind) and n.endswith(".png") for n in names), kind
         assert any(n.startswith(kind) and n.endswith(".pdf") for n in names), kind
 

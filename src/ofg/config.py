@@ -22,6 +22,7 @@ The YAML keys are fixed (the workflow writes them)::
     amp: false           # true | false | auto (auto: where bf16 is native, see ofg.runtime)
     channels_last: false # true | false | auto
     num_workers: 0
+    guidance_gap: true   # OFG and unsupervised: measure the guidance gap after every epoch (ofg.gap)
 
 The defaults are the reference protocol: Adam(amsgrad) at lr 1e-4 with poly decay 0.9 per epoch,
 batch 1, OFG with k=10 Adam steps at lr 0.1 (poly-decayed per epoch), model loss
@@ -111,6 +112,7 @@ class RunConfig:
     amp: bool | str = False
     channels_last: bool | str = False
     num_workers: int = 0
+    guidance_gap: bool = True
 
     def __post_init__(self) -> None:
         validate(self)
@@ -257,7 +259,8 @@ def validate(config: RunConfig) -> RunConfig:
     for key in ("bidirectional", "augment_flips"):
         value = getattr(config, key)
         _check(value is None or isinstance(value, bool), key, "null, true or false", value)
-    _check(isinstance(config.compile, bool), "compile", "true or false", config.compile)
+    for key in ("compile", "guidance_gap"):
+        _check(isinstance(getattr(config, key), bool), key, "true or false", getattr(config, key))
     for key in ("amp", "channels_last"):
         value = getattr(config, key)
         _check(isinstance(value, bool) or value == "auto", key, "true, false or auto", value)

@@ -228,6 +228,8 @@ def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
                 "num_workers"):
         out[key] = train[key]
     out["epochs"] = entry.get("epochs") or train["epochs"]  # a dataset's own budget (its learning curves)
+    if not train.get("guidance_gap", True):  # the default stays out: older trainings keep their parameters
+        out["guidance_gap"] = False
     out["seed"] = run.seed
     for key in ("bidirectional", "augment_flips"):
         out[key] = entry.get(key)

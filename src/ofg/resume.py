@@ -25,8 +25,9 @@ from ofg.layout import RunFolder, cohort_manifest
 
 log = logging.getLogger("ofg.train")
 
-#: config keys that may change between a run and its resumption (they do not change the numbers)
-RUNTIME_KEYS = ("num_workers",)
+#: config keys that may change between a run and its resumption (they do not change the weights; the
+#: guidance gap only adds history columns, :mod:`ofg.gap`)
+RUNTIME_KEYS = ("num_workers", "guidance_gap")
 IF_STALE = ("error", "restart")
 
 

@@ -9,11 +9,12 @@ every epoch, or new ones: :mod:`ofg.data.pairing`), with ``augment_flips`` the r
 :class:`ofg.data.torch_dataset.PairDataset`.
 
 Outputs in DIR (names in :class:`ofg.layout.RunFolder`): the resolved config, ``checkpoints/last.pt``
-(every epoch), ``checkpoints/best.pt`` (best validation Dice), ``history.csv``, ``train.log`` and,
-once finished, ``summary.json``. Pairs, order and flips of epoch e are functions of (seed, e) alone, and
-last.pt holds every RNG state, so a killed run re-started with the same command resumes at the start
-of the interrupted epoch and ends (on CPU) with bitwise the weights of an uninterrupted run. Whether a
-folder is resumed, skipped or started over is :mod:`ofg.resume`'s policy.
+(every epoch), ``checkpoints/best.pt`` (best validation Dice), ``history.csv`` (with the guidance gap,
+:mod:`ofg.gap`), ``train.log`` and, once finished, ``summary.json``. Pairs, order and flips of epoch e
+are functions of (seed, e) alone, and last.pt holds every RNG state, so a killed run re-started with
+the same command resumes at the start of the interrupted epoch and ends (on CPU) with bitwise the
+weights of an uninterrupted run. Whether a folder is resumed, skipped or started over is
+:mod:`ofg.resume`'s policy.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ofg.checkpoint import capture_rng_state, read_checkpoint, restore_rng_state
 from ofg.config import RunConfig, coerce, resolve
 from ofg.data import open_dataset
 from ofg.data.torch_dataset import PairDataset
+from ofg.gap import epoch_gap
 from ofg.guidance import poly_lr
 from ofg.inference import forward, validation_scores
 from ofg.io import atomic_path, write_json_atomic
@@ -271,6 +273,7 @@ def _run_one_epoch(step: Step, model: torch.nn.Module, dataset: Any, state: _Sta
     row = {"epoch": epoch, **row, "val_dice": val_dice, "val_folding_percent": val_folding, "lr": lr,
            "ofg_lr": method_lr, "peak_memory_mb": memory, "peak_memory_source": memory_source,
            "epoch_seconds": time.perf_counter() - start}
+    row.update(epoch_gap(config, model, dataset, epoch, device))  # not timed above; keeps every RNG state
     state.history.append(row)
     state.epoch = epoch + 1
     improved = math.isfinite(val_dice) and not (val_dice <= state.best_score)

@@ -52,6 +52,65 @@ def figure_training_curves(plan: Mapping[str, Any], dataset: str, model: str, pa
     _save(fig, paths, _caveat(dataset))
 
 
+#: panels of the guidance-gap figure: (history quantity of :mod:`ofg.gap`, axis label)
+GAP_PANELS = (("dice", "validation Dice"), ("energy", "energy (image term + w·regulariser)"),
+              ("epe", "end-point error (voxels)"))
+
+
+def _gap_curves(plan: Mapping[str, Any], run: Mapping[str, Any], quantity: str) -> pd.DataFrame | None:
+    """Per epoch, mean/min/max over seeds of ``gap_<quantity>_{prediction,target}``; None where no seed's
+    history has a value (histories from before the measurement, or runs without it). ``attrs["seeds"]``:
+    how many seeds have them."""
+    columns = [f"gap_{quantity}_{role}" for role in ("prediction", "target")]
+    frames = [h[["epoch", *columns]] for h in (load_history(plan["results"], r) for r in seed_records(plan, run))
+              if set(columns) <= set(h.columns) and h[columns].notna().any().all()]
+    if not frames:
+        return None
+    stats = pd.concat(frames).groupby("epoch")[columns].agg(["mean", "min", "max"])
+    stats.attrs["seeds"] = len(frames)
+    return stats
+
+
+def figure_guidance_gap(plan: Mapping[str, Any], dataset: str, model: str, paths: Sequence[Path]) -> None:
+    """The guidance gap through training (history columns of :mod:`ofg.gap`): validation Dice, energy and,
+    where the true field is known, end-point error of the network's prediction (solid) and of its k-step
+    refined target (dashed), unsupervised and the main OFG run; mean over seeds, band min–max over seeds.
+    Runs whose histories lack the columns are left out and named in the title; with none, the figure is
+    that note alone."""
+    runs = [r for r in (runs_of(plan, dataset, model).get(i) for i in ("unsupervised", plan["main_run"])) if r]
+    curves = {q: {r["run"]: _gap_curves(plan, r, q) for r in runs} for q, _ in GAP_PANELS}
+    panels = [(q, label) for q, label in GAP_PANELS if any(c is not None for c in curves[q].values())]
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 3.8), squeeze=False)
+    for ax, (quantity, label) in zip(axes[0], panels):
+        for j, run in enumerate(runs):
+            stats = curves[quantity][run["run"]]
+            if stats is not None:
+                _gap_lines(ax, stats, quantity, f"{METHOD_LABELS[run['method']]} ({run['run']})",
+                           plt.get_cmap("tab10")(j))
+        ax.set(xlabel="epoch", ylabel=label)
+    title = (f"Guidance gap: {model} on {dataset}, prediction (solid) vs its k={plan.get('main_steps')} refined "
+             "target (dashed); mean over seeds, band min–max where several")
+    missing = [r["run"] for r in runs if curves["dice"][r["run"]] is None]
+    if missing:
+        title += (f"\nno guidance-gap columns in the histories of {', '.join(missing)} (trained before the "
+                  "measurement, or with training.guidance_gap: false)")
+    if panels:
+        axes[0][0].legend(fontsize=6)
+    else:
+        axes[0][0].set_axis_off()
+    fig.suptitle(title, fontsize=8)
+    _save(fig, paths, _caveat(dataset))
+
+
+def _gap_lines(ax: Any, stats: pd.DataFrame, quantity: str, name: str, color: Any) -> None:
+    """The prediction (solid) and target (dashed) curves of one run, with min–max bands over several seeds."""
+    for role, style in (("prediction", "-"), ("target", "--")):
+        column = stats[f"gap_{quantity}_{role}"]
+        ax.plot(stats.index, column["mean"], style, color=color, marker="o", ms=2, label=f"{name}: {role}")
+        if stats.attrs["seeds"] > 1:
+            ax.fill_between(stats.index, column["min"], column["max"], color=color, alpha=0.15)
+
+
 def figure_ablation(plan: Mapping[str, Any], table: pd.DataFrame, dataset: str, model: str,
                     paths: Sequence[Path]) -> None:
     """Test Dice and seconds per iteration against k."""

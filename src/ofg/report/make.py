@@ -56,6 +56,8 @@ def make_report(plan: Mapping[str, Any], progress: bool = True) -> list[Path]:
 def _draw(plan: Mapping[str, Any], record: Output, metrics: Any, ablation: Any) -> None:
     if record.kind == "training_curves":
         figures.figure_training_curves(plan, record.dataset, record.model, record.paths)
+    elif record.kind == "guidance_gap":
+        figures.figure_guidance_gap(plan, record.dataset, record.model, record.paths)
     elif record.kind == "ablation":
         figures.figure_ablation(plan, ablation, record.dataset, record.model, record.paths)
     elif record.kind == "refinement":
