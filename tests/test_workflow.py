@@ -236,6 +236,16 @@ def test_report_outputs_name_every_table_and_figure_kind():
         assert any(n.startswith(kind) and n.endswith(".pdf") for n in names), kind
 
 
+def test_every_table_and_figure_has_its_report_caption():
+    """`snakemake --report` needs a caption file for each kind (workflow/rules/common.smk names them)."""
+    from ofg.report.outputs import FIGURES, TABLES
+
+    captions = REPO / "workflow" / "report"
+    missing = [f"{category}_{kind}.rst" for category, kinds in (("table", TABLES), ("figure", FIGURES))
+               for kind in kinds if not (captions / f"{category}_{kind}.rst").is_file()]
+    assert missing == []
+
+
 # ---------------------------------------------------------------- snakemake
 
 
