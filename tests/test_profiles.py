@@ -60,7 +60,7 @@ def test_slurm_profile_dry_run_takes_threads_and_gpus_from_the_config(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     train = rule_blocks(result.stdout, "train")
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    assert len(train) == len(ofg_plan.training_runs(config)) == 27  # 3 seeds x (7 brain + 2 CT runs)
+    assert len(train) == len(ofg_plan.training_runs(config)) == 39  # 3 seeds x (7 + 2 brain, 2 + 2 CT runs)
     assert config["threads"]["train"] == 1 and config["gpus_per_training"] == 0
     for block in train:  # (a dry run prints no threads line for one thread)
         assert re.search(r"resources: .*mem_mb=64000.*runtime=2880.*gpu=0", block), block
