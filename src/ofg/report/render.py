@@ -9,6 +9,7 @@ Learn2Reg formula; HD95 is in voxels (and mm where the spacing is known).
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -141,20 +142,13 @@ def arithmetic_caption(records: Sequence[Mapping[str, Any] | None]) -> str:
     :func:`ofg.report.load.load_arithmetic`), with how many runs used each where they differ; '' for no runs."""
     if not records:
         return ""
-    networks = _counts([_network_text(r) for r in records])
-    refinements = _counts([{True: "fused", False: "eager"}[r["fused_refinement"]] for r in records
+    networks = Counter(_network_text(r) for r in records)
+    refinements = Counter([{True: "fused", False: "eager"}[r["fused_refinement"]] for r in records
                            if r and r.get("fused_refinement") is not None])
     text = f" Arithmetic of the {len(records)} trainings (their summary.json): {_join(networks, len(records))}"
     if refinements:
         text += f"; refinement {_join(refinements, sum(refinements.values()))}"
     return text + "."
-
-
-def _counts(values: Sequence[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return counts
 
 
 def _join(counts: Mapping[str, int], total: int) -> str:
