@@ -180,7 +180,8 @@ def test_dry_run_trains_each_variant_seed_once_and_reuses_the_default_s_runs(tmp
     assert set(variant_runs) == {(v, d, r, f"seed-{s}") for v in TRAINED for d in DATASETS
                                  for r in ("unsupervised", "ofg-k10") for s in (0, 1, 2)}
     assert set(variant_runs.values()) == {1}
-    assert '"lr": 0.0001' in out and '"size": "paper"' in out and '"seed": 2' in out  # prepare seed of cohort-seed
+    assert '"lr": 0.0001' in out and '"size": "paper"' in out
+    assert out.count('"options": {"preset": "cpu", "seed": 2}') == 2  # cohort-seed prepares its two cohorts
     assert "not configured" not in out and "robustness.md" in out
 
 
@@ -188,9 +189,11 @@ def test_the_default_s_jobs_in_the_robustness_plan_are_the_default_run_s(tmp_pat
     """So a finished default run is reused as it is (no changed parameters, nothing re-run), and the overlay
     adds nothing to the default target."""
     results = tmp_path / "results"
-    default = {(rule, output): command for rule, output, command in jobs(dry_run(results, overlays=()))}
+    default_out = dry_run(results, overlays=())
+    default = {(rule, output): command for rule, output, command in jobs(default_out)}
     merged = dry_run(results, overlays=(OVERLAY, epochs_file))
-    assert job_counts(merged) == job_counts(dry_run(results, overlays=())) and sum(job_counts(merged).values()) == 90
+    assert jobs(merged) and sorted(jobs(merged)) == sorted(jobs(default_out))
+    assert job_counts(merged) == job_counts(default_out) and sum(job_counts(merged).values()) == 90
     target = jobs(dry_run(results, "robustness", overlays=(OVERLAY, epochs_file)))
     shared = [(rule, output, command) for rule, output, command in target if not rule.startswith("robustness")]
     assert len(shared) == 24 + 24 + 2
