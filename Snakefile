@@ -30,6 +30,8 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/experiments.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/robustness_common.smk"
+include: "workflow/rules/robustness.smk"
 
 
 report: "workflow/report/workflow.rst"

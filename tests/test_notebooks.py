@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_the_seven_notebooks_exist_clean_and_parameterised():
+def test_the_eight_notebooks_exist_clean_and_parameterised():
     assert [p.stem for p in NOTEBOOKS] == ["01_prepare_data", "02_train", "03_evaluate", "04_refinement",
-                                           "05_tables_figures", "06_baselines", "07_timing"]
+                                           "05_tables_figures", "06_baselines", "07_timing", "08_robustness"]
     for path in NOTEBOOKS:
         book = nbformat.read(path, as_version=4)
         nbformat.validate(book)
@@ -53,6 +53,7 @@ def test_notebook_runs_alone(path, tmp_path, monkeypatch):
         "05_tables_figures": layout.table("main_results")[1],
         "06_baselines": layout.baselines("embedded-brain"),
         "07_timing": layout.timing("embedded-brain", "voxelmorph"),
+        "08_robustness": layout.table("robustness")[1],
     }[path.stem]
     assert expected.is_file()
 
@@ -80,5 +81,6 @@ def test_every_parameter_a_rule_passes_is_declared_by_its_notebook():
                          ("04_refinement", plan.refinement_parameters(config, "embedded-brain")),
                          ("05_tables_figures", {"plan": plan.report_plan(config), "progress": False}),
                          ("06_baselines", plan.baseline_parameters(config, "embedded-brain")),
-                         ("07_timing", plan.timing_parameters(config, "embedded-brain", "voxelmorph"))):
+                         ("07_timing", plan.timing_parameters(config, "embedded-brain", "voxelmorph")),
+                         ("08_robustness", {"plan": {}, "progress": False})):
         assert set(params) <= declared(name), (name, set(params) - declared(name))

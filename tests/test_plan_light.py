@@ -22,7 +22,7 @@ from ofg.names import EMBEDDED, REAL
 REPO = Path(__file__).resolve().parents[1]
 #: the modules workflow/rules/common.smk imports (directly or through ofg.report's face)
 PLAN_MODULES = ("ofg.plan", "ofg.layout", "ofg.machine", "ofg.names", "ofg.report", "ofg.report.outputs",
-                "ofg.config", "ofg.settings", "ofg.files", "ofg.extras")
+                "ofg.config", "ofg.settings", "ofg.files", "ofg.extras", "ofg.robustness")
 HEAVY = ("torch", "numba", "matplotlib", "scipy", "nibabel", "numpy", "pandas", "tqdm")
 
 
@@ -54,7 +54,7 @@ def test_planning_a_config_loads_no_scientific_library(name, tmp_path):
     path.write_text(json.dumps(with_defaults(name)))
     code = f"""
 import json
-from ofg import plan
+from ofg import plan, robustness
 from ofg.report.outputs import outputs
 config = json.load(open({str(path)!r}))
 plan.check_config(config)
@@ -62,9 +62,28 @@ runs = plan.training_runs(config)
 params = [plan.train_parameters(config, run) for run in runs]
 params += [plan.evaluate_parameters(config, run) for run in runs]
 assert outputs(plan.report_plan(config))
+assert robustness.report_plan(config)["settings"] == []
 """
     loaded = loaded_after(code)
     assert not loaded & set(HEAVY), f"planning {name} imports {sorted(loaded & set(HEAVY))}"
+
+
+def test_planning_the_robustness_experiment_loads_no_scientific_library(tmp_path):
+    from snakemake.utils import update_config
+
+    config = with_defaults("config.yaml")
+    update_config(config, yaml.safe_load((REPO / "config" / "robustness.yaml").read_text()))
+    config["robustness"]["variants"]["lr-1e-4"]["epochs"] = {"embedded-brain": 2, "embedded-ct": 2}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    code = f"""
+import json
+from ofg import robustness
+config = json.load(open({str(path)!r}))
+assert len(robustness.report_plan(config)["settings"]) == 5 and robustness.trained(config)
+"""
+    loaded = loaded_after(code)
+    assert not loaded & set(HEAVY), f"planning the robustness experiment imports {sorted(loaded & set(HEAVY))}"
 
 
 def test_the_public_api_is_still_there_on_first_use():

@@ -17,7 +17,7 @@ SRC = REPO / "src" / "ofg"
 #: the top-level names of the results tree; only ofg/layout.py may spell them
 RESULT_NAMES = ("runs", "metrics", "tables", "figures", "samples", "benchmarks", "notebooks", "refinement",
                 "timing", "summary.json", "history.csv", "checkpoints", "best.pt", "last.pt", "train.log",
-                "teacher_fields")
+                "teacher_fields", "robustness")
 
 
 def module_name(path: Path) -> str:

@@ -13,6 +13,10 @@ Under the results folder ``R`` (config key ``results``)::
     R/notebooks/<NN_stage>/<dataset>[/<model>/<run>/seed-<s>].ipynb  executed notebooks (the rules' logs)
     R/tables/<name>.{csv,md,tex}                     tables
     R/figures/<kind>_<dataset>[_<model>].{png,pdf}   figures
+    R/robustness/<variant>/                          a robustness variant's own tree (:meth:`Layout.robustness`)
+
+The prepared cohorts may live elsewhere (``Layout(R, cohorts=C)``: ``C/<dataset>/``, config key ``cohorts``),
+so that another results tree reads the same cohorts without preparing them again.
 
 ``<run>`` is a run id and ``<s>`` its training seed (:class:`RunKey`). Every function takes its parts as
 plain strings, so the Snakefile builds its wildcard patterns with the same functions:
@@ -30,7 +34,7 @@ FIGURE_FORMATS = ("png", "pdf")
 #: workflow stage -> notebook name (notebooks/<name>.ipynb; its executed copies under R/notebooks/<name>/)
 NOTEBOOKS = {"prepare": "01_prepare_data", "train": "02_train", "evaluate": "03_evaluate",
              "refinement": "04_refinement", "report": "05_tables_figures", "baselines": "06_baselines",
-             "timing": "07_timing"}
+             "timing": "07_timing", "robustness": "08_robustness"}
 
 
 class RunKey(NamedTuple):
@@ -104,15 +108,18 @@ class RunFolder:
 
 @dataclass(frozen=True)
 class Layout:
-    """Paths of the results tree rooted at ``root``."""
+    """Paths of the results tree rooted at ``root``; its prepared embedded cohorts in ``cohorts``
+    (default ``root/data``)."""
 
     root: Path
+    cohorts: Path
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, cohorts: str | Path | None = None) -> None:
         object.__setattr__(self, "root", Path(root))
+        object.__setattr__(self, "cohorts", self.root / "data" if cohorts is None else Path(cohorts))
 
     def data(self, dataset: str) -> Path:
-        return self.root / "data" / dataset
+        return self.cohorts / dataset
 
     def manifest(self, dataset: str) -> Path:
         return cohort_manifest(self.data(dataset))
@@ -159,6 +166,11 @@ class Layout:
     def table(self, name: str) -> list[Path]:
         """[csv, md, tex] of table ``name``."""
         return [self.root / "tables" / f"{name}.{ext}" for ext in TABLE_FORMATS]
+
+    def robustness(self, variant: str) -> "Layout":
+        """The results tree of the robustness variant ``variant`` (:mod:`ofg.robustness`): its runs,
+        metrics, samples, notebooks, benchmarks, figures and, where it prepares its own, its cohorts."""
+        return Layout(self.root / "robustness" / variant)
 
     def figure(self, kind: str, *parts: str) -> list[Path]:
         """[png, pdf] of the figure ``kind`` of ``parts`` (dataset, and model where it has one)."""

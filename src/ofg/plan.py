@@ -72,7 +72,7 @@ def seeds(config: Mapping[str, Any], model: str | None = None) -> list[int]:
 
 
 def layout(config: Mapping[str, Any]) -> Layout:
-    return Layout(config["results"])
+    return Layout(config["results"], config.get("cohorts"))
 
 
 # ---------------------------------------------------------------- config checks beyond the schema

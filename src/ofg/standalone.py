@@ -48,3 +48,16 @@ def demo_run(config: Mapping[str, Any]) -> Run:
     """The run a notebook run alone shows: OFG on the first dataset and model of ``config``."""
     dataset, entry = next(iter(config["datasets"].items()))
     return ofg_run(dataset, entry["models"][0], config["ofg"]["steps"], seeds(config)[0])
+
+
+def tiny_robustness_config(results: str | Path | None = None) -> dict[str, Any]:
+    """:func:`tiny_config` with a tiny robustness experiment (:mod:`ofg.robustness`; notebook 08 run alone):
+    the baseline and two variants that train, another learning rate (its own epochs) and another cohort
+    seed (its own cohort)."""
+    config = tiny_config(results)
+    config["robustness"] = {"datasets": ["embedded-brain"], "model": "voxelmorph", "variants": {
+        "lr-1e-3": {"reverts": "network learning rate 1e-4 -> 1e-3", "changes": {"training": {"lr": 1.0e-3}},
+                    "epochs": {"embedded-brain": 1}},
+        "cohort-seed": {"reverts": "cohort seed 0 -> 1",
+                        "changes": {"datasets": {"embedded-brain": {"prepare": {"seed": 1}}}}}}}
+    return config

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from ofg import plan as ofg_plan
-from ofg.layout import WILDCARDS, Layout, notebook_source
+from ofg.layout import WILDCARDS, notebook_source
 from ofg.machine import available_cores
 from ofg.names import EMBEDDED, TEACHER_METHODS
 from ofg.report.outputs import outputs as report_outputs
@@ -17,7 +17,7 @@ except ValueError as error:
     raise WorkflowError(f"Invalid workflow config: {error}") from None
 
 
-LAYOUT = Layout(config["results"])
+LAYOUT = ofg_plan.layout(config)
 RUNS = ofg_plan.training_runs(config)
 PLAN = ofg_plan.report_plan(config)
 OUTPUTS = report_outputs(PLAN)

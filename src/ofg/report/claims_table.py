@@ -65,7 +65,9 @@ def _compare(plan: Mapping[str, Any], claim: Claim, dataset: str, model: str, of
     return {**row, "note": "; ".join(p for p in (note, row["note"]) if p)}
 
 
-def _main_row(plan: Mapping[str, Any], claim: Claim, dataset: str, model: str) -> dict[str, Any]:
+def main_row(plan: Mapping[str, Any], claim: Claim, dataset: str, model: str) -> dict[str, Any]:
+    """The row of a "main" or "self_training" ``claim`` on (dataset, model): every seed of the main OFG run
+    against every seed of the comparator, before Holm (:func:`ofg.claims.finalize` gives a family's verdict)."""
     ofg_runs = _runs(plan, dataset, model, "ofg", plan["main_steps"])
     return _compare(plan, claim, dataset, model, ofg_runs, _runs(plan, dataset, model, claim.comparator))
 
@@ -102,11 +104,11 @@ def claim_rows_of(plan: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for claim in CLAIMS:
         if claim.experiment == "main":
-            rows += [_main_row(plan, claim, d, m) for d, m in plan["main"]]
+            rows += [main_row(plan, claim, d, m) for d, m in plan["main"]]
         elif claim.experiment == "timing":
             rows += [_timing_row(plan, claim, d, m) for d, m in plan["main"]]
         elif claim.experiment == "self_training":
-            rows += [_main_row(plan, claim, d, m) for d, m in plan["self_training"]]
+            rows += [main_row(plan, claim, d, m) for d, m in plan["self_training"]]
         elif claim.experiment == "ablation":
             rows += [_ablation_row(plan, claim, d, m) for d, m in plan["ablation"]["pairs"]]
         elif claim.experiment == "refinement":

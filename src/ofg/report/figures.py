@@ -71,12 +71,13 @@ def _gap_curves(plan: Mapping[str, Any], run: Mapping[str, Any], quantity: str) 
     return stats
 
 
-def figure_guidance_gap(plan: Mapping[str, Any], dataset: str, model: str, paths: Sequence[Path]) -> None:
+def figure_guidance_gap(plan: Mapping[str, Any], dataset: str, model: str, paths: Sequence[Path],
+                        note: str = "") -> None:
     """The guidance gap through training (history columns of :mod:`ofg.gap`): validation Dice, energy and,
     where the true field is known, end-point error of the network's prediction (solid) and of its k-step
     refined target (dashed), unsupervised and the main OFG run; mean over seeds, band min–max over seeds.
     Runs whose histories lack the columns are left out and named in the title; with none, the figure is
-    that note alone."""
+    that note alone. ``note`` (e.g. the robustness setting) is added to the title."""
     runs = [r for r in (runs_of(plan, dataset, model).get(i) for i in ("unsupervised", plan["main_run"])) if r]
     curves = {q: {r["run"]: _gap_curves(plan, r, q) for r in runs} for q, _ in GAP_PANELS}
     panels = [(q, label) for q, label in GAP_PANELS if any(c is not None for c in curves[q].values())]
@@ -89,7 +90,7 @@ def figure_guidance_gap(plan: Mapping[str, Any], dataset: str, model: str, paths
                            plt.get_cmap("tab10")(j))
         ax.set(xlabel="epoch", ylabel=label)
     title = (f"Guidance gap: {model} on {dataset}, prediction (solid) vs its k={plan.get('main_steps')} refined "
-             "target (dashed); mean over seeds, band min–max where several")
+             "target (dashed); mean over seeds, band min–max where several" + (f"\n{note}" if note else ""))
     missing = [r["run"] for r in runs if curves["dice"][r["run"]] is None]
     if missing:
         title += (f"\nno guidance-gap columns in the histories of {', '.join(missing)} (trained before the "
