@@ -19,7 +19,6 @@ import torch
 from ofg import __version__ as ofg_version
 
 from ofg.machine import available_cores
-from ofg.models import onednn
 
 #: dtype of the network forward under ``amp`` (losses and warps stay float32)
 AMP_DTYPE = torch.bfloat16
@@ -103,17 +102,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def arithmetic_path(device: torch.device, amp: bool, channels_last: bool, fused: bool | None) -> dict[str, object]:
+def arithmetic_path(device: torch.device, amp: bool, channels_last: bool, fused: bool | None,
+                    onednn_convolutions: bool) -> dict[str, object]:
     """Which arithmetic a run's numbers come from (recorded in ``summary.json``; the report's captions say it).
 
     ``network``: "bfloat16 autocast" (the fast path: convolutions and matrix products in bf16) or
     "float32"; ``float32_convolutions``: on the CPU, "onednn" where :mod:`ofg.models.onednn` runs the
-    network's float32 3-D convolutions, "pytorch" where it is turned off (``OFG_ONEDNN_CONV=0``), on other
-    devices the device's own library; ``fused_refinement``: the OFG refinement's kernels (None for methods
+    network's float32 3-D convolutions (``onednn_convolutions``, its ``is_enabled()``), "pytorch" where it
+    is turned off (``OFG_ONEDNN_CONV=0``), on other devices the device's own library; ``fused_refinement``: the OFG refinement's kernels (None for methods
     without one); ``cpu``, ``cpu_capability`` (ATen's vector ISA) and ``bf16_native`` (:func:`bf16_is_fast`).
     """
     if device.type == "cpu":
-        convolutions = "onednn" if onednn.is_enabled() else "pytorch"
+        convolutions = "onednn" if onednn_convolutions else "pytorch"
     else:
         convolutions = device.type
     return {"device": str(device), "network": "bfloat16 autocast" if amp else "float32",

@@ -44,7 +44,7 @@ from ofg.guidance import poly_lr
 from ofg.inference import forward, validation_scores
 from ofg.io import atomic_path, write_json_atomic
 from ofg.layout import RunFolder
-from ofg.models import build_model
+from ofg.models import build_model, onednn
 from ofg.names import REFINING_METHODS
 from ofg.objectives import Objective, build_objective
 from ofg.resume import IF_STALE, prepare_run_folder
@@ -237,7 +237,8 @@ def _train(config: RunConfig, dataset: Any, folder: RunFolder, device: torch.dev
         "final_val_dice": state.history[-1]["val_dice"] if state.history else float("nan"),
         "versions": software_versions(),
         "arithmetic": arithmetic_path(device, config.amp, config.channels_last,
-                                      config.ofg.fused if config.method in REFINING_METHODS else None),
+                                      config.ofg.fused if config.method in REFINING_METHODS else None,
+                                      onednn.is_enabled()),
     })
     log.info("finished %s: best val dice %.4f at epoch %d, %.1f s", folder.path, state.best_score, state.best_epoch,
              state.seconds)
