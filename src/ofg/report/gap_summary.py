@@ -1,0 +1,129 @@
+"""The guidance gap in numbers: prediction against refined target through training, from history.csv files.
+
+:mod:`ofg.gap` writes, per epoch, the validation Dice, energy and end-point error of the network's
+prediction and of its k-step refined target. The figure ``guidance_gap_<dataset>_<model>`` draws them;
+this module summarises them for a README or a note, by a rule fixed here rather than read off a plot:
+
+- the runs of a group are its seeds (``runs/<dataset>/<model>/<run>/seed-<s>/history.csv`` → group
+  ``<dataset> <model> <run>``; any other ``<folder>/history.csv`` → group ``<folder>``);
+- at five epochs, the first, the last and the ones at 25, 50 and 75 % of the run (rounded down), each
+  quantity is the mean over the group's seeds, and the gap is target − prediction (Dice: positive =
+  the target is ahead; energy and EPE: negative = the target is ahead);
+- ``dice ahead`` counts the epochs whose seed-mean target Dice exceeds the seed-mean prediction Dice,
+  and ``last ahead`` is the last such epoch (None if never).
+
+``python -m ofg.report.gap_summary HISTORY.csv ... [--csv OUT]`` prints the table as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ofg.io import DataError, atomic_path
+
+#: the quantities summarised, in the order of the table
+QUANTITIES = ("dice", "energy", "epe")
+#: where in the run the table looks (fractions of the last epoch)
+FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def group_name(path: Path) -> str:
+    """``<dataset> <model> <run>`` for a workflow run folder ``.../<run>/seed-<s>/history.csv``, else the
+    history's folder name."""
+    folder = path.parent
+    if folder.name.startswith("seed-") and len(folder.parents) >= 3:
+        return " ".join(p.name for p in (folder.parents[2], folder.parents[1], folder.parents[0]))
+    return folder.name
+
+
+def _read(path: Path) -> pd.DataFrame:
+    """One history with its gap columns; DataError naming the file when it has none."""
+    try:
+        history = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path}: cannot read the training history ({exc})") from exc
+    columns = [f"gap_{q}_{r}" for q in QUANTITIES for r in ("prediction", "target")]
+    missing = [c for c in ("epoch", "gap_lr", *columns) if c not in history.columns]
+    if missing or history["gap_dice_target"].isna().all():
+        raise DataError(f"{path}: no guidance-gap columns ({', '.join(missing) or 'all NaN'}); the run was "
+                        "trained before the measurement, with training.guidance_gap: false, or is self-training")
+    return history[["epoch", "gap_lr", *columns]]
+
+
+def seed_mean(histories: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Per epoch, the mean over the histories (seeds) of every gap column, and how many seeds have the epoch."""
+    stacked = pd.concat(histories)
+    means = stacked.groupby("epoch").mean(numeric_only=True)
+    means["seeds"] = stacked.groupby("epoch").size()
+    return means
+
+
+def _checkpoints(epochs: pd.Index) -> list[int]:
+    last = int(epochs.max())
+    return sorted({int(epochs[epochs <= int(f * last)].max()) for f in FRACTIONS})
+
+
+def summarise_group(name: str, histories: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The summary rows of one group (see the module docstring): one per checkpoint epoch."""
+    means = seed_mean(histories)
+    ahead = means.index[means["gap_dice_target"] > means["gap_dice_prediction"]]
+    rows = []
+    for epoch in _checkpoints(means.index):
+        row = means.loc[epoch]
+        record = {"run": name, "seeds": int(row["seeds"]), "epoch": epoch, "refine lr": row["gap_lr"]}
+        for q in QUANTITIES:
+            record[f"{q} prediction"] = row[f"gap_{q}_prediction"]
+            record[f"{q} target"] = row[f"gap_{q}_target"]
+            record[f"{q} gap"] = row[f"gap_{q}_target"] - row[f"gap_{q}_prediction"]
+        record["dice ahead"] = f"{len(ahead)}/{len(means)}"
+        record["last ahead"] = int(ahead.max()) if len(ahead) else None
+        rows.append(record)
+    return pd.DataFrame(rows)
+
+
+def gap_summary(paths: Sequence[Path]) -> pd.DataFrame:
+    """The summary table of the histories at ``paths``, grouped by :func:`group_name`, groups sorted."""
+    if not paths:
+        raise DataError("no history.csv given")
+    groups: dict[str, list[pd.DataFrame]] = {}
+    for path in paths:
+        groups.setdefault(group_name(Path(path)), []).append(_read(Path(path)))
+    return pd.concat([summarise_group(n, groups[n]) for n in sorted(groups)], ignore_index=True)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """The table as Markdown, 3 decimals (EPE in voxels, energy in the refinement's units)."""
+    shown = table.copy()
+    numeric = [c for c in shown.columns if shown[c].dtype.kind == "f" and c != "last ahead"]
+    shown[numeric] = shown[numeric].map(lambda v: "–" if np.isnan(v) else f"{v:.3f}")
+    shown["refine lr"] = table["refine lr"].map(lambda v: f"{v:.3g}")
+    shown["last ahead"] = table["last ahead"].map(lambda v: "never" if pd.isna(v) else str(int(v)))
+    return shown.to_markdown(index=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ofg.report.gap_summary",
+                                     description="Summarise the guidance gap of training histories.")
+    parser.add_argument("histories", nargs="+", type=Path, help="history.csv files (seeds of a run are grouped)")
+    parser.add_argument("--csv", type=Path, help="also write the table here")
+    args = parser.parse_args(argv)
+    try:
+        table = gap_summary(args.histories)
+    except DataError as exc:
+        print(f"gap_summary: error: {exc}", file=sys.stderr)
+        return 1
+    if args.csv:
+        with atomic_path(args.csv) as tmp:
+            table.to_csv(tmp, index=False)
+    print(to_markdown(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
