@@ -17,7 +17,7 @@ from ofg.report.outputs import FIGURES, TABLES, Output, output_paths, outputs
 
 #: names handed on from the report's modules on first use -> that module
 _LAZY = {"make_report": "make", "EMBEDDED_CAVEAT": "render", "display_cost": "render",
-         "display_metrics": "render", "to_latex": "render", "mean_std": "stats", "paired_wilcoxon": "stats",
+         "display_metrics": "render", "to_latex": "render", "mean_std": "stats",
          "seed_average": "stats", "summarize_run": "stats", "pair_key_columns": "load",
          "structure_columns": "load", "published": "tables"}
 

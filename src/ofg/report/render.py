@@ -59,8 +59,7 @@ def display_metrics(table: pd.DataFrame) -> pd.DataFrame:
     out["HD95 (vox)"] = [_pm(m, s, 2) for m, s in zip(table.hd95, table.hd95_std)]
     if table.endpoint_error.notna().any():
         out["EPE (vox)"] = [_pm(m, s, 2) for m, s in zip(table.endpoint_error, table.endpoint_error_std)]
-    for column, title in (("wilcoxon_p_vs_unsupervised", "p (Wilcoxon vs unsup.)"),
-                          ("seconds_per_iteration", "s/iter"), ("ofg_share", "OFG share"),
+    for column, title in (("seconds_per_iteration", "s/iter"), ("ofg_share", "OFG share"),
                           ("best_val_dice", "best val Dice"), ("final_val_dice", "final val Dice")):
         if column in table:
             out[title] = [_num(v) for v in table[column]]

@@ -1,4 +1,8 @@
-"""Summary statistics of per-pair metrics: means with spreads and the paired Wilcoxon test."""
+"""Summary statistics of per-pair metrics: means with spreads over pairs, structures and seeds.
+
+Descriptive only: the inferential statistics (units, matched seeds, CIs, p, verdicts) are
+:mod:`ofg.inference_stats` and the claims table's.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
-from scipy.stats import wilcoxon
 
 from ofg.report.load import pair_key_columns, structure_columns
 
@@ -37,24 +40,6 @@ def seed_spread(frame: pd.DataFrame, column: str = "dice_mean") -> tuple[float, 
     seeds = frame["seed"] if "seed" in frame.columns else pd.Series(0, index=frame.index)
     means = frame.assign(_seed=seeds).groupby("_seed")[column].mean().dropna()
     return (float(means.std(ddof=1)) if len(means) > 1 else math.nan), int(seeds.nunique())
-
-
-def paired_wilcoxon(a: pd.DataFrame, b: pd.DataFrame, column: str = "dice_mean") -> tuple[float, int]:
-    """Two-sided Wilcoxon signed-rank p-value of ``column`` between two runs on the same pairs.
-
-    Seeds are averaged per pair first (:func:`seed_average`). Pairs are matched on
-    :func:`pair_key_columns`; returns (p, number of matched pairs). p is NaN with fewer than two
-    matched pairs or when every difference is zero (the test is undefined there).
-    """
-    a, b = seed_average(a), seed_average(b)
-    keys = [k for k in pair_key_columns(a) if k in b.columns]
-    if not keys:
-        raise ValueError("paired_wilcoxon: the metrics files share no pair-key columns to match pairs on")
-    merged = a[keys + [column]].merge(b[keys + [column]], on=keys, suffixes=("_a", "_b")).dropna()
-    diff = merged[f"{column}_a"].to_numpy() - merged[f"{column}_b"].to_numpy()
-    if len(diff) < 2 or np.all(diff == 0):
-        return math.nan, len(diff)
-    return float(wilcoxon(merged[f"{column}_a"], merged[f"{column}_b"]).pvalue), len(diff)
 
 
 SUMMARY_METRICS = ("dice_mean_nearest", "dice_mean_onehot", "folding_percent", "sdlogj_l2r", "sdlogj_plain", "hd95", "hd95_mm", "endpoint_error",
