@@ -61,19 +61,25 @@ def test_cli_prints_the_largest_plateau_and_names_a_bad_file(tmp_path, capsys):
 
 def test_stage_breakdown_sums_each_stage_of_the_benchmarks(tmp_path, capsys):
     layout = Layout(tmp_path)
-    header = "s\th:m:s\tmax_rss\tmax_vms\n"
-    files = {layout.benchmark("train", *RunKey("d", "m", "unsupervised", "0").parts()): (30.0, 500),
-             layout.benchmark("train", *RunKey("d", "m", "ofg-k10", "0").parts()): (50.0, 700),
-             layout.benchmark("prepare", "d"): (5.0, "-")}
-    for path, (seconds, rss) in files.items():
+    header = "s\th:m:s\tmax_rss\tmax_vms\tcpu_time\n"
+    files = {layout.benchmark("train", *RunKey("d", "m", "unsupervised", "0").parts()): (30.0, 500, 25.5),
+             layout.benchmark("train", *RunKey("d", "m", "ofg-k10", "0").parts()): (50.0, 700, 41.0),
+             layout.benchmark("prepare", "d"): (5.0, "-", 4.0)}
+    for path, (seconds, rss, cpu) in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(header + f"{seconds}\t0:00:00\t{rss}\t1\n")
+        path.write_text(header + f"{seconds}\t0:00:00\t{rss}\t1\t{cpu}\n")
     table = stage_breakdown(tmp_path).set_index("stage")
     assert table.loc["train", "jobs"] == 2 and table.loc["train", "total_s"] == 80 and table.loc["train", "longest_s"] == 50
+    assert table.loc["train", "cpu_s"] == 66.5 and table.loc["prepare", "cpu_s"] == 4.0
     assert table.loc["train", "max_rss_mb"] == 700 and np.isnan(table.loc["prepare", "max_rss_mb"])
     assert list(table.index) == ["train", "prepare"]  # longest first
     assert main(["rules", str(tmp_path)]) == 0
-    assert "summed job time 85 s over 3 jobs" in capsys.readouterr().out
+    assert "summed job time 85 s over 3 jobs; summed CPU time 70 s" in capsys.readouterr().out
+    # benchmarks of Snakemake versions without cpu_time: NaN, not 0
+    files = {layout.benchmark("train", *RunKey("d", "m", "ofg-k10", "0").parts()): "12.0\t0:00:12\t1\t1\n"}
+    for path, row in files.items():
+        path.write_text("s\th:m:s\tmax_rss\tmax_vms\n" + row)
+    assert stage_breakdown(tmp_path).set_index("stage").loc["train", "cpu_s"] == 25.5
     with pytest.raises(DataError, match="no Snakemake benchmark"):
         stage_breakdown(tmp_path / "empty")
 

@@ -78,17 +78,22 @@ def history_curve(path: str | Path, iterations_per_epoch: int | None = None) -> 
 
 def stage_breakdown(results: str | Path) -> pd.DataFrame:
     """Per stage folder of ``<results>/benchmarks`` (one Snakemake ``benchmark:`` TSV per job): the number
-    of jobs, their summed and longest wall seconds (column ``s``) and the largest max RSS (MB), sorted by
-    summed time; DataError naming the folder if it holds no benchmark."""
+    of jobs, their summed and longest wall seconds (column ``s``), their summed CPU seconds (column
+    ``cpu_time``, NaN where Snakemake did not record it) and the largest max RSS (MB), sorted by summed
+    wall time; DataError naming the folder if it holds no benchmark. Wall time depends on what else the
+    machine ran; CPU time much less so (a 1-thread job's CPU seconds are its work)."""
     root = Layout(results).benchmarks
     rows = []
     for path in sorted(root.glob("*/**/*.tsv")):
         frame = pd.read_csv(path, sep="\t")
-        rows.append({"stage": path.relative_to(root).parts[0], "s": float(frame["s"].iloc[-1]),
-                     "max_rss": float(pd.to_numeric(frame["max_rss"], errors="coerce").iloc[-1])})
+        last = frame.iloc[-1]
+        rows.append({"stage": path.relative_to(root).parts[0], "s": float(last["s"]),
+                     "cpu": float(pd.to_numeric(pd.Series([last.get("cpu_time")]), errors="coerce").iloc[0]),
+                     "max_rss": float(pd.to_numeric(pd.Series([last["max_rss"]]), errors="coerce").iloc[0])})
     if not rows:
         raise DataError(f"no Snakemake benchmark files under {root}: run the workflow first")
     table = pd.DataFrame(rows).groupby("stage").agg(jobs=("s", "size"), total_s=("s", "sum"), longest_s=("s", "max"),
+                                                   cpu_s=("cpu", lambda v: v.sum(min_count=1)),
                                                    max_rss_mb=("max_rss", "max"))
     return table.sort_values("total_s", ascending=False).reset_index()
 
@@ -125,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "rules":
         table = stage_breakdown(args.results)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
-        print(f"summed job time {table.total_s.sum():.0f} s over {table.jobs.sum()} jobs")
+        print(f"summed job time {table.total_s.sum():.0f} s over {table.jobs.sum()} jobs; "
+              f"summed CPU time {table.cpu_s.sum():.0f} s")
         return 0
     return _curves(args)
 
