@@ -110,7 +110,8 @@ def check_config(config: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------- what to run
 
 
-def _pairs(section: Mapping[str, Any]) -> list[tuple[str, str]]:
+def section_pairs(section: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(dataset, model) of an experiment section (``self_training``, ``ablation``): each dataset with each model."""
     return [(d, m) for d in section["datasets"] for m in section["models"]]
 
 
@@ -122,9 +123,9 @@ def training_runs(config: Mapping[str, Any]) -> list[Run]:
         for model in entry["models"]:
             for seed in seeds(config, model):
                 runs |= {Run(name, model, "unsupervised", seed=seed), ofg_run(name, model, steps, seed)}
-    for name, model in _pairs(config["self_training"]):
+    for name, model in section_pairs(config["self_training"]):
         runs |= {Run(name, model, m, seed=seed) for m in TEACHER_METHODS for seed in seeds(config, model)}
-    for name, model in _pairs(config["ablation"]):
+    for name, model in section_pairs(config["ablation"]):
         runs |= {ofg_run(name, model, k, seed) for k in config["ablation"]["steps"] for seed in seeds(config, model)}
     return sorted(runs, key=lambda run: (run.dataset, run.model, run.id, run.seed))
 
@@ -330,9 +331,9 @@ def report_plan(config: Mapping[str, Any]) -> dict[str, Any]:
         "main_steps": steps,
         "runs": [_run_record(run) for run in training_runs(config)],
         "main": pairs,
-        "self_training": [list(p) for p in _pairs(config["self_training"])],
+        "self_training": [list(p) for p in section_pairs(config["self_training"])],
         "ablation": {"steps": ablation_steps, "runs": [[k, ofg_run_id(k)] for k in ablation_steps],
-                     "pairs": [list(p) for p in _pairs(config["ablation"])]},
+                     "pairs": [list(p) for p in section_pairs(config["ablation"])]},
         "refinement": list(config["refinement"]["datasets"]),
         "baselines": list(config["baselines"]["datasets"]),
         "timing": [list(pair) for pair in timing_pairs(config)],
