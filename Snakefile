@@ -3,7 +3,7 @@
 #   snakemake --cores 2 --configfile config/tiny.yaml     (CI end to end)
 #   snakemake --workflow-profile profiles/slurm --configfile my_paper.yaml
 # Every rule runs one papermill notebook of notebooks/; the executed notebook is the rule's log.
-# Parsing needs Snakemake alone: the plan (ofg.plan and what it imports) is standard library and PyYAML,
+# Parsing needs Snakemake alone: the plan (ofg.plan, ofg.stages and what they import) is standard library and PyYAML,
 # read from this repository's src/ (nothing installed on the host); the rules' notebooks do the computing.
 import os
 import sys

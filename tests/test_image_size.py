@@ -10,7 +10,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from ofg import plan
+from ofg import plan, stages
 from ofg.data import open_dataset
 from ofg.data.cohort import check_manifest_size
 from ofg.data.fixtures import make_paper_roots
@@ -41,8 +41,8 @@ def stage_options(config: dict, dataset: str) -> dict[str, dict]:
               "baselines": {**config["baselines"], "datasets": [dataset]}}
     run = plan.Run(dataset, config["datasets"][dataset]["models"][0], "unsupervised")
     return {"train/evaluate": plan.run_config(config, run)["dataset"]["options"],
-            "refinement": plan.refinement_parameters(config, dataset)["options"],
-            "baselines": plan.baseline_parameters(config, dataset)["options"]}
+            "refinement": stages.refinement_parameters(config, dataset)["options"],
+            "baselines": stages.baseline_parameters(config, dataset)["options"]}
 
 
 def test_image_size_reaches_every_stage_as_the_loader_option(paper):
@@ -50,7 +50,7 @@ def test_image_size_reaches_every_stage_as_the_loader_option(paper):
         for stage, options in stage_options(paper, name).items():
             assert options == {**entry["options"], "image_size": entry["image_size"]}, (name, stage)
     run = plan.Run("ixi", "voxelmorph", "unsupervised")
-    assert "image_size" not in plan.train_parameters(paper, run)  # no second, training-only check
+    assert "image_size" not in stages.train_parameters(paper, run)  # no second, training-only check
 
 
 def test_paper_sizes_stop_every_stage_on_fixture_files_and_null_or_the_fixture_size_opens_them(paper):
@@ -82,7 +82,7 @@ def test_options_image_size_is_a_config_error_naming_both_keys(paper):
     with pytest.raises(ValueError, match=r"datasets\.lpba\.options\.image_size: .* datasets\.lpba\.image_size"):
         plan.check_config(config)
     with pytest.raises(ValueError, match=r"datasets\.lpba\.options\.image_size"):
-        plan.refinement_parameters({**config, "refinement": {**config["refinement"], "datasets": ["lpba"]}}, "lpba")
+        stages.refinement_parameters({**config, "refinement": {**config["refinement"], "datasets": ["lpba"]}}, "lpba")
 
 
 def test_embedded_image_size_is_checked_against_the_manifest(tmp_path):

@@ -64,7 +64,7 @@ def test_every_parameter_a_rule_passes_is_declared_by_its_notebook():
     import yaml
     from snakemake.utils import validate
 
-    from ofg import plan
+    from ofg import plan, stages
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     validate(config, str(REPO / "config" / "schema.yaml"))
@@ -75,12 +75,12 @@ def test_every_parameter_a_rule_passes_is_declared_by_its_notebook():
         cell = next(c for c in book.cells if "parameters" in c.metadata.get("tags", []))
         return {line.split("=")[0].strip() for line in cell.source.splitlines() if "=" in line and line[0] != " "}
 
-    for name, params in (("01_prepare_data", plan.prepare_parameters(config, "embedded-brain")),
-                         ("02_train", plan.train_parameters(config, run)),
-                         ("03_evaluate", plan.evaluate_parameters(config, run)),
-                         ("04_refinement", plan.refinement_parameters(config, "embedded-brain")),
-                         ("05_tables_figures", {"plan": plan.report_plan(config), "progress": False}),
-                         ("06_baselines", plan.baseline_parameters(config, "embedded-brain")),
-                         ("07_timing", plan.timing_parameters(config, "embedded-brain", "voxelmorph")),
+    for name, params in (("01_prepare_data", stages.prepare_parameters(config, "embedded-brain")),
+                         ("02_train", stages.train_parameters(config, run)),
+                         ("03_evaluate", stages.evaluate_parameters(config, run)),
+                         ("04_refinement", stages.refinement_parameters(config, "embedded-brain")),
+                         ("05_tables_figures", {"plan": stages.report_plan(config), "progress": False}),
+                         ("06_baselines", stages.baseline_parameters(config, "embedded-brain")),
+                         ("07_timing", stages.timing_parameters(config, "embedded-brain", "voxelmorph")),
                          ("08_robustness", {"plan": {}, "progress": False})):
         assert set(params) <= declared(name), (name, set(params) - declared(name))

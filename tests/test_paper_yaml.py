@@ -11,7 +11,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from ofg import plan
+from ofg import plan, stages
 from ofg.config import RunConfig, resolve
 from ofg.data import abdomen, ixi, lpba, oasis, open_dataset
 from ofg.data.fixtures import make_paper_roots
@@ -95,7 +95,7 @@ def test_every_cell_builds_at_its_paper_size_and_resolves_the_reference_protocol
     assert (main.ofg.steps, main.ofg.lr, main.ofg.window, main.ofg.reg_weight) == (10, 0.1, 9, energy_weight)
     # validation (best.pt) and test Dice: nearest-neighbour labels, the dataset's Dice rule
     rule = "both" if dataset == "abdomen" else "either"
-    params = plan.evaluate_parameters(config, plan.Run(dataset, model, "unsupervised"))
+    params = stages.evaluate_parameters(config, plan.Run(dataset, model, "unsupervised"))
     assert (params["label_mode"], params["dice_rule"]) == ("nearest", rule)
     for run in (unsupervised, main):
         assert (run.val_label_mode, run.val_dice_rule, run.val_pairs) == ("nearest", rule, None)

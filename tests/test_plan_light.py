@@ -21,8 +21,8 @@ from ofg.names import EMBEDDED, REAL
 
 REPO = Path(__file__).resolve().parents[1]
 #: the modules workflow/rules/common.smk imports (directly or through ofg.report's face)
-PLAN_MODULES = ("ofg.plan", "ofg.layout", "ofg.machine", "ofg.names", "ofg.report", "ofg.report.outputs",
-                "ofg.config", "ofg.settings", "ofg.files", "ofg.extras", "ofg.robustness")
+PLAN_MODULES = ("ofg.plan", "ofg.stages", "ofg.layout", "ofg.machine", "ofg.names", "ofg.report",
+                "ofg.report.outputs", "ofg.config", "ofg.settings", "ofg.files", "ofg.extras", "ofg.robustness")
 HEAVY = ("torch", "numba", "matplotlib", "scipy", "nibabel", "numpy", "pandas", "tqdm")
 
 
@@ -54,14 +54,14 @@ def test_planning_a_config_loads_no_scientific_library(name, tmp_path):
     path.write_text(json.dumps(with_defaults(name)))
     code = f"""
 import json
-from ofg import plan, robustness
+from ofg import plan, robustness, stages
 from ofg.report.outputs import outputs
 config = json.load(open({str(path)!r}))
 plan.check_config(config)
 runs = plan.training_runs(config)
-params = [plan.train_parameters(config, run) for run in runs]
-params += [plan.evaluate_parameters(config, run) for run in runs]
-assert outputs(plan.report_plan(config))
+params = [stages.train_parameters(config, run) for run in runs]
+params += [stages.evaluate_parameters(config, run) for run in runs]
+assert outputs(stages.report_plan(config))
 assert robustness.report_plan(config)["settings"] == []
 """
     loaded = loaded_after(code)

@@ -14,7 +14,7 @@ from ofg import report
 from ofg.io import DataError
 from ofg.layout import Layout, RunKey
 from ofg.metrics import DICE_RULES
-from ofg.plan import report_plan
+from ofg.stages import report_plan
 from ofg.report.render import DICE_RULE_TEXT, table_caption
 
 LABELS = (2, 3, 4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from ofg import plan, runner, standalone
+from ofg import runner, stages, standalone
 from ofg.timing import COLUMNS, interleaved
 
 
@@ -30,14 +30,14 @@ def test_interleaved_warms_up_then_alternates_the_order():
 def test_timing_measures_every_seed_of_the_main_comparison():
     config = standalone.tiny_config()
     config["training"]["seeds"] = [0, 3]
-    runs = plan.timing_runs(config, "embedded-brain", "voxelmorph")
+    runs = stages.timing_runs(config, "embedded-brain", "voxelmorph")
     assert {(r.method, r.seed) for r in runs} == {("unsupervised", 0), ("ofg", 0), ("unsupervised", 3), ("ofg", 3)}
-    params = plan.timing_parameters(config, "embedded-brain", "voxelmorph")
+    params = stages.timing_parameters(config, "embedded-brain", "voxelmorph")
     assert [r["checkpoint"].endswith("checkpoints/best.pt") for r in params["runs"]] == [True] * 4
     assert params["out"].endswith("timing/embedded-brain/voxelmorph.csv")
-    assert plan.report_plan(config)["timing"] == [["embedded-brain", "voxelmorph"]]
+    assert stages.report_plan(config)["timing"] == [["embedded-brain", "voxelmorph"]]
     config["timing"]["enabled"] = False
-    assert plan.timing_pairs(config) == [] and plan.report_plan(config)["timing"] == []
+    assert stages.timing_pairs(config) == [] and stages.report_plan(config)["timing"] == []
 
 
 @pytest.mark.slow

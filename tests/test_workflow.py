@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from ofg import plan as ofg_plan
+from ofg import stages as ofg_stages
 from ofg.layout import Layout, RunKey
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +148,7 @@ def test_refinement_parameters_carry_the_window_and_label_mode():
     config = load_config("config.yaml")
     config["ofg"]["window"] = 5
     config["evaluation"]["label_mode"] = "nearest"
-    params = ofg_plan.refinement_parameters(config, "embedded-brain")
+    params = ofg_stages.refinement_parameters(config, "embedded-brain")
     assert params["settings"]["window"] == 5 and params["label_mode"] == "nearest"
     assert params["settings"]["steps"] == config["refinement"]["steps"]
 
@@ -181,7 +182,7 @@ def test_run_overrides_replace_loss_and_ofg_keys_dataset_first_then_model():
     # the refinement experiment's energy is that of (dataset, its model)
     config["refinement"]["model"] = "lkunet"
     config["datasets"]["embedded-brain"]["models"] = ["voxelmorph", "lkunet"]
-    settings = ofg_plan.refinement_parameters(config, "embedded-ct")["settings"]
+    settings = ofg_stages.refinement_parameters(config, "embedded-ct")["settings"]
     assert (settings["image"], settings["regularizer"]) == ("mse", "lku_smooth")
     assert settings["reg_weight"] == config["refinement"]["reg_weight"]  # the section's own weight
 
@@ -194,24 +195,24 @@ def test_default_configs_run_configs_are_unchanged_by_the_protocol_keys():
             assert rc["loss"] == config["training"]["loss"]
             assert {k: v for k, v in rc["ofg"].items() if k != "steps"} == \
                 {k: v for k, v in config["ofg"].items() if k != "steps"}
-        params = ofg_plan.refinement_parameters(config, config["refinement"]["datasets"][0])
+        params = ofg_stages.refinement_parameters(config, config["refinement"]["datasets"][0])
         assert (params["settings"]["image"], params["settings"]["regularizer"]) == ("ncc", "grad_l2")
 
 
 def test_dice_rule_reaches_evaluation_refinement_and_report():
     config = load_config("config.yaml")
     run = ofg_plan.Run("embedded-ct", "voxelmorph", "unsupervised")
-    assert ofg_plan.evaluate_parameters(config, run)["dice_rule"] == "either"
+    assert ofg_stages.evaluate_parameters(config, run)["dice_rule"] == "either"
     config["datasets"]["embedded-ct"]["dice_rule"] = "both"
-    assert ofg_plan.evaluate_parameters(config, run)["dice_rule"] == "both"
-    assert ofg_plan.refinement_parameters(config, "embedded-ct")["dice_rule"] == "both"
+    assert ofg_stages.evaluate_parameters(config, run)["dice_rule"] == "both"
+    assert ofg_stages.refinement_parameters(config, "embedded-ct")["dice_rule"] == "both"
     # the per-epoch validation (which selects best.pt) scores Dice as the evaluation does
     config["evaluation"]["label_mode"] = "nearest"
     rc = ofg_plan.run_config(config, run)
     assert (rc["val_label_mode"], rc["val_dice_rule"]) == ("nearest", "both")
     brain = ofg_plan.run_config(config, ofg_plan.Run("embedded-brain", "voxelmorph", "unsupervised"))
     assert (brain["val_label_mode"], brain["val_dice_rule"]) == ("nearest", "either")
-    assert ofg_plan.report_plan(config)["dice_rules"] == {"embedded-brain": "either", "embedded-ct": "both"}
+    assert ofg_stages.report_plan(config)["dice_rules"] == {"embedded-brain": "either", "embedded-ct": "both"}
 
 
 def test_check_config_names_the_key():
@@ -227,7 +228,7 @@ def test_check_config_names_the_key():
 def test_report_outputs_name_every_table_and_figure_kind():
     from ofg.report import TABLES, output_paths
 
-    plan = ofg_plan.report_plan(load_config("tiny.yaml"))
+    plan = ofg_stages.report_plan(load_config("tiny.yaml"))
     names = {p.name for p in output_paths(plan)}
     for table in TABLES:
         assert {f"{table}.csv", f"{table}.md", f"{table}.tex"} <= names
@@ -350,7 +351,7 @@ def test_paper_config_runs_end_to_end_on_the_fixture_roots(tmp_path):
     counts = job_counts(result.stdout + result.stderr)  # a real run logs its job stats to stderr
     assert counts["train"] == len(ofg_plan.training_runs(config)) == 4 * 2 + 2 + 1
     assert (counts["baselines"], counts["refinement"], counts["tables_and_figures"]) == (4, 1, 1)
-    for output in output_paths(ofg_plan.report_plan(config)):
+    for output in output_paths(ofg_stages.report_plan(config)):
         assert output.is_file() and output.stat().st_size > 0, output
     tables = Path(config["results"]) / "tables"
     main = pd.read_csv(tables / "main_results.csv")
@@ -412,7 +413,7 @@ def test_tiny_workflow_end_to_end_resumes_and_is_idempotent(tmp_path):
     assert result.returncode == 0, result.stderr[-5000:]
     print(f"tiny workflow: {elapsed:.0f} s")
     # no assertion on the time: CI machines differ; the subprocess timeout bounds a hang
-    plan = ofg_plan.report_plan(load_config("tiny.yaml", results=str(tmp_path / "results")))
+    plan = ofg_stages.report_plan(load_config("tiny.yaml", results=str(tmp_path / "results")))
     for output in output_paths(plan):
         assert output.is_file() and output.stat().st_size > 0, output
     notebooks = list((tmp_path / "results" / "notebooks").rglob("*.ipynb"))

@@ -116,7 +116,7 @@ def refinement_curve(dataset: Any, model_name: str, model_size: str = "small", *
 
 def run_refinement(params: Mapping[str, Any]) -> pd.DataFrame:
     """The refinement experiment of notebook 04: :func:`refinement_curve` for every start in ``params``
-    (:func:`ofg.plan.refinement_parameters`), written to ``params["out"]`` as CSV, atomically."""
+    (:func:`ofg.stages.refinement_parameters`), written to ``params["out"]`` as CSV, atomically."""
     dataset = open_dataset(params["dataset_name"], params["root"], **params["options"])
     settings = RefineSettings(**params["settings"])
     frames = [refinement_curve(dataset, params["model_name"], params["model_size"], start=start, settings=settings,

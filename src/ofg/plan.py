@@ -1,8 +1,9 @@
-"""The plan: which runs, evaluations and experiments a workflow config asks for, with their parameters.
+"""The plan: which training runs a workflow config asks for, and each run's config.
 
 Pure functions of the workflow config (a mapping validated against ``config/schema.yaml``): nothing
 here reads or writes a file. The Snakefile, the notebooks and :mod:`ofg.runner` share them, so a
-notebook run alone and a rule run by Snakemake use the same paths (:mod:`ofg.layout`) and settings.
+notebook run alone and a rule run by Snakemake use the same paths (:mod:`ofg.layout`) and settings;
+what each stage's notebook is given is built from them in :mod:`ofg.stages`.
 
 A :class:`Run` is one training run. Its id names the method and, for OFG, the number of optimiser
 steps: ``unsupervised``, ``ofg-k10``, ``self_training``, ``opt_self_training``; its seed is one of
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ofg.config import LossConfig, RunConfig
+from ofg.config import RunConfig
 from ofg.layout import Layout, RunKey
 from ofg.names import EMBEDDED, REAL, TEACHER_METHODS
 
@@ -170,16 +171,7 @@ def data_root(config: Mapping[str, Any], dataset: str) -> Path:
     return Path(config["datasets"][dataset]["root"])
 
 
-# ---------------------------------------------------------------- parameters of each stage
-
-
-def prepare_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
-    """Notebook 01's parameters for an embedded ``dataset``."""
-    if dataset not in EMBEDDED:
-        raise ValueError(f"dataset {dataset!r} needs no preparation; only {', '.join(EMBEDDED)} do")
-    options = dict(config["datasets"][dataset].get("prepare", {}))
-    return {"kind": EMBEDDED[dataset], "out_dir": str(data_root(config, dataset)),
-            "options": options, "cache_dir": config.get("cache_dir"), "progress": False}
+# ---------------------------------------------------------------- one run's settings
 
 
 def protocol(config: Mapping[str, Any], dataset: str, model: str) -> dict[str, dict[str, Any]]:
@@ -240,109 +232,3 @@ def run_config(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
         out["teacher"] = str(layout(config).run(run.teacher().key).best)
     RunConfig.from_dict(out)  # raises a ValueError naming the key
     return out
-
-
-def train_parameters(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
-    """Notebook 02's parameters for ``run``."""
-    return {"run_config": run_config(config, run), "out_dir": str(layout(config).run(run.key).path),
-            "progress": False}
-
-
-def evaluate_parameters(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
-    """Notebook 03's parameters for ``run``."""
-    evaluation, paths = config["evaluation"], layout(config)
-    return {"checkpoint": str(paths.run(run.key).best), "out": str(paths.metrics(run.key)),
-            "sample_out": str(paths.sample(run.key)), "split": evaluation["split"],
-            "hd95": evaluation["hd95"], "label_mode": evaluation["label_mode"],
-            "dice_rule": dice_rule(config, run.dataset), "device": config["device"], "progress": False}
-
-
-def refinement_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
-    """Notebook 04's parameters for ``dataset``: the refinement settings are those of the OFG energy of
-    (dataset, section model) (:func:`protocol`: window, image term, regulariser) with the section's
-    steps, lr and weight; Dice as the evaluation's."""
-    section = config["refinement"]
-    energy = protocol(config, dataset, section["model"])
-    settings = {"steps": section["steps"], "lr": section["lr"], "reg_weight": section["reg_weight"],
-                "window": energy["ofg"]["window"], "image": energy["loss"].get("image", LossConfig.image),
-                "regularizer": energy["loss"].get("regularizer", LossConfig.regularizer),
-                "fused": config["ofg"].get("fused", False)}
-    return {"dataset_name": dataset, "root": str(data_root(config, dataset)),
-            "options": dataset_options(config, dataset),
-            "model_name": section["model"], "model_size": config["model_size"], "starts": list(section["starts"]),
-            "settings": settings, "label_mode": config["evaluation"]["label_mode"],
-            "dice_rule": dice_rule(config, dataset),
-            "n_pairs": section["n_pairs"], "split": section["split"], "seed": section["seed"],
-            "device": config["device"], "out": str(layout(config).refinement(dataset))}
-
-
-def baseline_parameters(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
-    """Notebook 06's parameters for ``dataset``: the reference rows on the evaluation's pairs, scored as the
-    networks are; instance optimisation is the OFG optimiser (``ofg`` settings) for ``instance_steps``
-    steps from the zero field."""
-    section, evaluation = config["baselines"], config["evaluation"]
-    settings = {key: config["ofg"][key] for key in ("lr", "reg_weight", "window")}
-    return {"dataset_name": dataset, "root": str(data_root(config, dataset)),
-            "options": dataset_options(config, dataset), "methods": list(section["methods"]),
-            "settings": {**settings, "steps": section["instance_steps"]}, "split": evaluation["split"],
-            "label_mode": evaluation["label_mode"], "dice_rule": dice_rule(config, dataset), "hd95": evaluation["hd95"],
-            "device": config["device"], "out": str(layout(config).baselines(dataset))}
-
-
-def timing_pairs(config: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(dataset, model) of the main comparison the timing job measures ([] when ``timing.enabled`` is false)."""
-    if not config["timing"]["enabled"]:
-        return []
-    return [(name, model) for name, entry in config["datasets"].items() for model in entry["models"]]
-
-
-def timing_runs(config: Mapping[str, Any], dataset: str, model: str) -> list[Run]:
-    """The runs the timing job of (dataset, model) measures: every seed's unsupervised and main OFG run."""
-    steps = int(config["ofg"]["steps"])
-    return [run for seed in seeds(config, model)
-            for run in (Run(dataset, model, "unsupervised", seed=seed), ofg_run(dataset, model, steps, seed))]
-
-
-def timing_parameters(config: Mapping[str, Any], dataset: str, model: str) -> dict[str, Any]:
-    """Notebook 07's parameters for (dataset, model): each run's best checkpoint, the evaluation's split,
-    the ``timing`` section's rounds and iterations (:mod:`ofg.timing`)."""
-    paths, section, measured = layout(config), config["timing"], timing_runs(config, dataset, model)
-    runs = [{"method": run.method, "run": run.id, "seed": run.seed, "checkpoint": str(paths.run(run.key).best)}
-            for run in measured]
-    return {"runs": runs, "split": config["evaluation"]["split"], "repeats": section["repeats"],
-            "iterations": section["iterations"], "device": config["device"],
-            "teacher_cache": str(paths.run(measured[0].key).teacher_fields),
-            "out": str(paths.timing(dataset, model))}
-
-
-def _run_record(run: Run) -> dict[str, Any]:
-    return {"dataset": run.dataset, "model": run.model, "run": run.id, "method": run.method, "steps": run.steps,
-            "seed": run.seed}
-
-
-def report_plan(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Everything :func:`ofg.report.make_report` needs to know about the plan (plain, YAML-safe)."""
-    steps = int(config["ofg"]["steps"])
-    pairs = [[name, model] for name, entry in config["datasets"].items() for model in entry["models"]]
-    ablation_steps = sorted({0, *config["ablation"]["steps"]})
-    return {
-        "results": str(layout(config).root),
-        "main_run": ofg_run_id(steps),
-        "main_steps": steps,
-        "runs": [_run_record(run) for run in training_runs(config)],
-        "main": pairs,
-        "self_training": [list(p) for p in section_pairs(config["self_training"])],
-        "ablation": {"steps": ablation_steps, "runs": [[k, ofg_run_id(k)] for k in ablation_steps],
-                     "pairs": [list(p) for p in section_pairs(config["ablation"])]},
-        "refinement": list(config["refinement"]["datasets"]),
-        "baselines": list(config["baselines"]["datasets"]),
-        "timing": [list(pair) for pair in timing_pairs(config)],
-        "qualitative": pairs,
-        "embedded": any(name in EMBEDDED for name in config["datasets"]),
-        "label_mode": config["evaluation"]["label_mode"],
-        "dice_rules": {name: dice_rule(config, name) for name in config["datasets"]},
-        "test_subsets": {name: entry["options"]["test_subset"] for name, entry in config["datasets"].items()
-                         if "test_subset" in entry.get("options", {})},
-        "split": config["evaluation"]["split"],
-        "device": config["device"],
-    }

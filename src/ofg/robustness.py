@@ -31,7 +31,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ofg import plan
+from ofg import plan, stages
 from ofg.names import EMBEDDED
 from ofg.plan import Run
 
@@ -94,7 +94,7 @@ def reuses_default(config: Mapping[str, Any], candidate: Mapping[str, Any]) -> b
     results are the default's."""
     default = set(plan.training_runs(config))
     same_runs = all(run in default and plan.run_config(candidate, run) == plan.run_config(config, run)
-                    and plan.evaluate_parameters(candidate, run) == plan.evaluate_parameters(config, run)
+                    and stages.evaluate_parameters(candidate, run) == stages.evaluate_parameters(config, run)
                     for run in plan.training_runs(candidate))
     return same_runs and _same_cohorts(config, candidate)
 
@@ -130,7 +130,7 @@ def _epochs(name: str, variant: Mapping[str, Any], datasets: list[str]) -> dict[
 def _same_cohorts(config: Mapping[str, Any], candidate: Mapping[str, Any]) -> bool:
     """Whether ``candidate`` prepares every embedded cohort as ``config`` does (same root)."""
     embedded = [d for d in candidate["datasets"] if d in EMBEDDED]
-    return all(plan.prepare_parameters(candidate, d) == plan.prepare_parameters(config, d) for d in embedded)
+    return all(stages.prepare_parameters(candidate, d) == stages.prepare_parameters(config, d) for d in embedded)
 
 
 def variant_setting(config: Mapping[str, Any], name: str, variant: Mapping[str, Any]) -> Setting:
@@ -180,7 +180,7 @@ def _training(setting: Setting, dataset: str) -> dict[str, Any]:
 
 def report_plan(config: Mapping[str, Any]) -> dict[str, Any]:
     """What notebook 08 (:func:`ofg.report.robustness_table.write_robustness`) needs (plain, YAML-safe):
-    the table's paths and, per setting, its report plan (:func:`ofg.plan.report_plan`), training and figures."""
+    the table's paths and, per setting, its report plan (:func:`ofg.stages.report_plan`), training and figures."""
     layout = plan.layout(config)
     rows = []
     for setting in settings(config):
@@ -188,7 +188,7 @@ def report_plan(config: Mapping[str, Any]) -> dict[str, Any]:
                     "paths": [str(p) for p in layout.robustness(setting.name).figure(FIGURE, d, setting.model)]}
                    for d in setting.datasets]
         rows.append({"name": setting.name, "reverts": setting.reverts, "reused": setting.reused,
-                     "model": setting.model, "plan": plan.report_plan(setting.config), "figures": figures,
+                     "model": setting.model, "plan": stages.report_plan(setting.config), "figures": figures,
                      "training": {d: _training(setting, d) for d in setting.datasets}})
     return {"results": str(layout.root), "table": [str(p) for p in layout.table(TABLE)], "settings": rows}
 

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ofg import plan
+from ofg import plan, stages
 from ofg.config import TEACHER_METHODS, coerce, resolve
 from ofg.data import EMBEDDED, open_dataset
 from ofg.data.embedded import prepare_embedded
@@ -45,7 +45,7 @@ def ensure_prepared(config: Mapping[str, Any], dataset: str, progress: bool = Fa
     """Prepare the embedded ``dataset`` unless its manifest exists; return its root."""
     root = plan.data_root(config, dataset)
     if dataset in EMBEDDED and not plan.layout(config).manifest(dataset).exists():
-        params = plan.prepare_parameters(config, dataset)
+        params = stages.prepare_parameters(config, dataset)
         prepare_embedded(params["kind"], root, cache_dir=params["cache_dir"], progress=progress,
                          **params["options"])
     return root
@@ -58,7 +58,7 @@ def ensure_trained(config: Mapping[str, Any], run: plan.Run, progress: bool = Fa
         ensure_trained(config, run.teacher(), progress)
     folder = plan.layout(config).run(run.key)
     if not folder.summary.exists():
-        params = plan.train_parameters(config, run)
+        params = stages.train_parameters(config, run)
         train_or_resume(params["run_config"], params["out_dir"], progress=progress)
     return folder.path
 
@@ -66,7 +66,7 @@ def ensure_trained(config: Mapping[str, Any], run: plan.Run, progress: bool = Fa
 def ensure_evaluated(config: Mapping[str, Any], run: plan.Run, progress: bool = False) -> Path:
     """Evaluate ``run`` on the configured split unless its metrics file exists; return that file."""
     ensure_trained(config, run, progress)
-    params = plan.evaluate_parameters(config, run)
+    params = stages.evaluate_parameters(config, run)
     if not (Path(params["out"]).exists() and Path(params["sample_out"]).exists()):
         evaluate_checkpoint(params["checkpoint"], split=params["split"], out=params["out"],
                             sample_out=params["sample_out"], hd95=params["hd95"], label_mode=params["label_mode"],
@@ -76,7 +76,7 @@ def ensure_evaluated(config: Mapping[str, Any], run: plan.Run, progress: bool = 
 
 def ensure_refinement(config: Mapping[str, Any], dataset: str, progress: bool = False) -> Path:
     """Run the refinement experiment on ``dataset`` unless its CSV exists; return that file."""
-    params = plan.refinement_parameters(config, dataset)
+    params = stages.refinement_parameters(config, dataset)
     if not Path(params["out"]).exists():
         ensure_prepared(config, dataset, progress)
         run_refinement(params)
@@ -85,9 +85,9 @@ def ensure_refinement(config: Mapping[str, Any], dataset: str, progress: bool = 
 
 def ensure_timing(config: Mapping[str, Any], dataset: str, model: str, progress: bool = False) -> Path:
     """Run the timing job of (dataset, model) unless its CSV exists; return that file."""
-    params = plan.timing_parameters(config, dataset, model)
+    params = stages.timing_parameters(config, dataset, model)
     if not Path(params["out"]).exists():
-        for run in plan.timing_runs(config, dataset, model):
+        for run in stages.timing_runs(config, dataset, model):
             ensure_trained(config, run, progress)
         run_timing({**params, "threads": torch.get_num_threads()})
     return Path(params["out"])
@@ -99,6 +99,6 @@ def ensure_all(config: Mapping[str, Any], progress: bool = False) -> dict[str, A
         ensure_evaluated(config, run, progress)
     for dataset in config["refinement"]["datasets"]:
         ensure_refinement(config, dataset, progress)
-    for dataset, model in plan.timing_pairs(config):
+    for dataset, model in stages.timing_pairs(config):
         ensure_timing(config, dataset, model, progress)
-    return plan.report_plan(config)
+    return stages.report_plan(config)

@@ -96,7 +96,7 @@ def interleaved(timers: Mapping[tuple[str, str, str, int], Callable[[], float]],
 
 
 def run_timing(params: Mapping[str, Any]) -> pd.DataFrame:
-    """The timing job of notebook 07 (:func:`ofg.plan.timing_parameters`): every run of ``params["runs"]``
+    """The timing job of notebook 07 (:func:`ofg.stages.timing_parameters`): every run of ``params["runs"]``
     (records with ``method``, ``run``, ``seed``, ``checkpoint``), written to ``params["out"]``."""
     device = resolve_device(params["device"])
     use_threads(params["threads"])

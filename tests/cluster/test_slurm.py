@@ -21,6 +21,7 @@ import yaml
 
 from slurm_cluster import Cluster, alive, missing_tools, wait_for
 from ofg import plan as ofg_plan
+from ofg import stages as ofg_stages
 from ofg.layout import Layout, RunFolder
 from ofg.checkpoint import read_checkpoint
 from ofg.report import output_paths
@@ -135,7 +136,7 @@ def test_tiny_workflow_runs_every_job_through_sbatch(cluster, tmp_path):
     print(f"tiny workflow on SLURM: {len(jobs)} sbatch jobs, {elapsed:.0f} s")
     config = validated(yaml.safe_load(TINY.read_text()) | {"results": str(results)})
     planned = (len(config["datasets"]) + 2 * len(ofg_plan.training_runs(config)) + len(config["refinement"]["datasets"])
-               + len(config["baselines"]["datasets"]) + len(ofg_plan.timing_pairs(config)) + 1)
+               + len(config["baselines"]["datasets"]) + len(ofg_stages.timing_pairs(config)) + 1)
     assert len(jobs) == sum(counts.values()) == planned == 15  # prepare, train + evaluate, refinement, baselines, timing, report
     assert {job.state for job in jobs} == {"COMPLETED"}
     assert sorted(re.findall(r"submitted with SLURM jobid (\d+)", log), key=int) == [job.id for job in jobs]
@@ -146,7 +147,7 @@ def test_tiny_workflow_runs_every_job_through_sbatch(cluster, tmp_path):
 
     for run in ofg_plan.training_runs(config):
         assert Layout(results).run(run.key).summary.is_file(), run
-    for output in output_paths(ofg_plan.report_plan(config)):
+    for output in output_paths(ofg_stages.report_plan(config)):
         assert output.is_file() and output.stat().st_size > 0, output
 
 

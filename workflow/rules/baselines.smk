@@ -11,7 +11,7 @@ rule baselines:
     benchmark:
         LAYOUT.benchmark("baselines", "{dataset}")
     params:
-        parameters=lambda wc: parameters(ofg_plan.baseline_parameters(config, wc.dataset)),
+        parameters=lambda wc: parameters(ofg_stages.baseline_parameters(config, wc.dataset)),
     threads: config["threads"]["evaluate"]
     resources:
         machine_cores=machine_cores,

@@ -1,10 +1,12 @@
-# Shared setup: config checks, the plan (ofg.plan), the layout (ofg.layout) and the papermill command.
+# Shared setup: config checks, the plan (ofg.plan), each stage's parameters (ofg.stages), the layout (ofg.layout)
+# and the papermill command.
 # Only light modules of ofg (standard library and PyYAML: tests/test_plan_light.py) are imported here.
 import json
 import re
 from pathlib import Path
 
 from ofg import plan as ofg_plan
+from ofg import stages as ofg_stages
 from ofg.layout import WILDCARDS, notebook_source
 from ofg.machine import available_cores
 from ofg.names import EMBEDDED, TEACHER_METHODS
@@ -19,7 +21,7 @@ except ValueError as error:
 
 LAYOUT = ofg_plan.layout(config)
 RUNS = ofg_plan.training_runs(config)
-PLAN = ofg_plan.report_plan(config)
+PLAN = ofg_stages.report_plan(config)
 OUTPUTS = report_outputs(PLAN)
 ENV = "../../envs/ofg.yaml"
 CAPTIONS = "../report"
@@ -81,7 +83,7 @@ def train_inputs(wildcards):
 
 def timing_inputs(wildcards):
     """The summaries of the runs the timing job measures (every seed of the main comparison)."""
-    runs = ofg_plan.timing_runs(config, wildcards.dataset, wildcards.model)
+    runs = ofg_stages.timing_runs(config, wildcards.dataset, wildcards.model)
     return [str(LAYOUT.run(run.key).summary) for run in runs]
 
 

@@ -9,7 +9,7 @@ rule prepare_data:
     benchmark:
         LAYOUT.benchmark("prepare", "{dataset}")
     params:
-        parameters=lambda wc: parameters(ofg_plan.prepare_parameters(config, wc.dataset)),
+        parameters=lambda wc: parameters(ofg_stages.prepare_parameters(config, wc.dataset)),
     threads: config["threads"]["prepare"]
     resources:
         machine_cores=machine_cores,

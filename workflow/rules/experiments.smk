@@ -12,7 +12,7 @@ rule refinement:
     benchmark:
         LAYOUT.benchmark("refinement", "{dataset}")
     params:
-        parameters=lambda wc: parameters(ofg_plan.refinement_parameters(config, wc.dataset)),
+        parameters=lambda wc: parameters(ofg_stages.refinement_parameters(config, wc.dataset)),
     threads: config["threads"]["refinement"]
     resources:
         machine_cores=machine_cores,
@@ -37,7 +37,7 @@ rule timing:
     benchmark:
         LAYOUT.benchmark("timing", "{dataset}", "{model}")
     params:
-        parameters=lambda wc: parameters(ofg_plan.timing_parameters(config, wc.dataset, wc.model)),
+        parameters=lambda wc: parameters(ofg_stages.timing_parameters(config, wc.dataset, wc.model)),
     threads: config["threads"]["train"]
     resources:
         machine_cores=lambda wildcards, threads: available_cores(),

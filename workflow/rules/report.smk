@@ -9,7 +9,7 @@ rule tables_and_figures:
         benchmarks=[str(LAYOUT.benchmark("train", *run.key.parts())) for run in RUNS],
         refinement=expand(rules.refinement.output.curves, dataset=config["refinement"]["datasets"]),
         baselines=expand(rules.baselines.output.rows, dataset=config["baselines"]["datasets"]),
-        timing=[str(LAYOUT.timing(d, m)) for d, m in ofg_plan.timing_pairs(config)],
+        timing=[str(LAYOUT.timing(d, m)) for d, m in ofg_stages.timing_pairs(config)],
     output:
         reported(OUTPUTS),
     log:

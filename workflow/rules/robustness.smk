@@ -13,7 +13,7 @@ use rule prepare_data as robustness_prepare_data with:
     benchmark:
         VARIANT.benchmark("prepare", "{dataset}")
     params:
-        parameters=lambda wc: parameters(ofg_plan.prepare_parameters(VARIANTS[wc.variant], wc.dataset)),
+        parameters=lambda wc: parameters(ofg_stages.prepare_parameters(VARIANTS[wc.variant], wc.dataset)),
 
 
 use rule train as robustness_train with:
@@ -26,7 +26,7 @@ use rule train as robustness_train with:
     benchmark:
         VARIANT.benchmark("train", *WILDCARDS.parts())
     params:
-        parameters=lambda wc: parameters(ofg_plan.train_parameters(VARIANTS[wc.variant], variant_run(wc))),
+        parameters=lambda wc: parameters(ofg_stages.train_parameters(VARIANTS[wc.variant], variant_run(wc))),
 
 
 use rule evaluate as robustness_evaluate with:
@@ -40,7 +40,7 @@ use rule evaluate as robustness_evaluate with:
     benchmark:
         VARIANT.benchmark("evaluate", *WILDCARDS.parts())
     params:
-        parameters=lambda wc: parameters(ofg_plan.evaluate_parameters(VARIANTS[wc.variant], variant_run(wc))),
+        parameters=lambda wc: parameters(ofg_stages.evaluate_parameters(VARIANTS[wc.variant], variant_run(wc))),
 
 
 rule robustness:

@@ -13,7 +13,7 @@ rule train:
     benchmark:
         LAYOUT.benchmark("train", *WILDCARDS.parts())
     params:
-        parameters=lambda wc: parameters(ofg_plan.train_parameters(config, run_of(wc))),
+        parameters=lambda wc: parameters(ofg_stages.train_parameters(config, run_of(wc))),
     threads: config["threads"]["train"]
     resources:
         machine_cores=machine_cores,
@@ -37,7 +37,7 @@ rule evaluate:
     benchmark:
         LAYOUT.benchmark("evaluate", *WILDCARDS.parts())
     params:
-        parameters=lambda wc: parameters(ofg_plan.evaluate_parameters(config, run_of(wc))),
+        parameters=lambda wc: parameters(ofg_stages.evaluate_parameters(config, run_of(wc))),
     threads: config["threads"]["evaluate"]
     resources:
         machine_cores=machine_cores,

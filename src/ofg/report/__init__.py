@@ -1,6 +1,6 @@
 """Tables (CSV, Markdown, LaTeX) and figures (PNG, PDF) from the workflow's result files.
 
-``plan`` is :func:`ofg.plan.report_plan`. :func:`outputs` (:mod:`ofg.report.outputs`, standard
+``plan`` is :func:`ofg.stages.report_plan`. :func:`outputs` (:mod:`ofg.report.outputs`, standard
 library only) lists every file :func:`make_report` (:mod:`ofg.report.make`) writes, so the
 Snakefile declares them while parsing without loading the report's libraries. Those libraries
 (matplotlib, pandas' Markdown through tabulate) are the ``[workflow]`` extra: ``make_report`` and the

@@ -1,7 +1,7 @@
 """The claims table (``tables/claims.{csv,md,tex}``): one row per claim × dataset × model, with a verdict.
 
 The statistics and verdict rules are :mod:`ofg.claims`' (rows: :mod:`ofg.claim_rows`). This module
-finds each claim's runs in the plan (:func:`ofg.plan.report_plan`), reads their result files (a missing
+finds each claim's runs in the plan (:func:`ofg.stages.report_plan`), reads their result files (a missing
 metrics file raises :class:`ofg.io.DataError` naming it; a missing timing file makes the timing rows
 *insufficient data*) and renders the table with a caption stating its conventions.
 

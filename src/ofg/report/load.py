@@ -30,7 +30,7 @@ def _read_csv(path: Path, what: str, **kwargs: Any) -> pd.DataFrame:
 
 
 def load_metrics(results: str | Path, runs: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Concatenated per-pair metrics of ``runs`` (run records of :func:`ofg.plan.report_plan`), with the
+    """Concatenated per-pair metrics of ``runs`` (run records of :func:`ofg.stages.report_plan`), with the
     run's dataset, model, run id, method, steps and seed added as columns."""
     layout, frames = Layout(results), []
     for run in runs:

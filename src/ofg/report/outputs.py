@@ -1,6 +1,6 @@
 """The report's outputs: every table and figure :func:`ofg.report.make_report` writes for a plan.
 
-``plan`` is :func:`ofg.plan.report_plan`. :func:`outputs` lists them as records (kind, dataset,
+``plan`` is :func:`ofg.stages.report_plan`. :func:`outputs` lists them as records (kind, dataset,
 model, paths), so the Snakefile declares exactly those outputs and flags each for
 ``snakemake --report`` by its kind. Standard library only: the workflow calls it while parsing.
 """

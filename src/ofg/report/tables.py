@@ -1,6 +1,6 @@
 """The report's tables as numeric frames, one row per run (or per k of the step ablation).
 
-``plan`` is :func:`ofg.plan.report_plan`; ``metrics`` the frame of :func:`ofg.report.load.load_metrics`.
+``plan`` is :func:`ofg.stages.report_plan`; ``metrics`` the frame of :func:`ofg.report.load.load_metrics`.
 """
 
 from __future__ import annotations
