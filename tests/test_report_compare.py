@@ -39,7 +39,8 @@ def test_rows_match_on_their_key_and_changed_verdicts_are_flagged(tmp_path):
     assert five["changed"] and five["verdict float32"] == "" and five["CI float32"] == "n/a"
     out = tmp_path / "cmp.md"
     assert main([str(paths[0]), str(paths[1]), "--labels", "bf16", "float32", "--out", str(out)]) == 0
-    assert "3 of 4 verdicts differ." in out.read_text()
+    assert table["shared"].tolist() == [True, False, True, False]
+    assert "1 of 2 verdicts of the rows both tables hold differ; 2 rows are in one table only." in out.read_text()
 
 
 def test_a_file_that_is_not_a_claims_table_is_named(tmp_path, capsys):

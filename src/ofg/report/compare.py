@@ -49,8 +49,9 @@ def _cell(row: pd.Series | None, column: str) -> float | str:
 
 
 def compare_claims(first: pd.DataFrame, second: pd.DataFrame, labels: Sequence[str] = ("A", "B")) -> pd.DataFrame:
-    """One row per claim row of either table: key, effect, CI and verdict of each, and whether the verdict
-    differs (``changed``; True also where a row is in one table only)."""
+    """One row per claim row of either table: key, effect, CI and verdict of each, whether both tables hold
+    the row (``shared``) and whether the verdict differs (``changed``; True also where a row is in one
+    table only)."""
     a, b = labels
     index_a = {tuple(r[k] for k in KEY): r for _, r in first.iterrows()}
     index_b = {tuple(r[k] for k in KEY): r for _, r in second.iterrows()}
@@ -63,6 +64,7 @@ def compare_claims(first: pd.DataFrame, second: pd.DataFrame, labels: Sequence[s
             row[f"effect {label}"] = _cell(side, "effect")
             row[f"CI {label}"] = _interval(side)
             row[f"verdict {label}"] = _cell(side, "verdict")
+        row["shared"] = left is not None and right is not None
         row["changed"] = row[f"verdict {a}"] != row[f"verdict {b}"]
         rows.append(row)
     return pd.DataFrame(rows)
@@ -80,8 +82,10 @@ def to_markdown(table: pd.DataFrame) -> str:
     shown = table.drop(columns=[c for c in ("note",) if c in table and not table[c].any()])
     for column in [c for c in shown.columns if c.startswith("effect ")]:
         shown[column] = [f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else "n/a" for v in shown[column]]
-    changed = int(table["changed"].sum()) if len(table) else 0
-    return f"{shown.to_markdown(index=False)}\n\n{changed} of {len(table)} verdicts differ.\n"
+    shared = table[table["shared"]] if len(table) else table
+    changed = int(shared["changed"].sum()) if len(shared) else 0
+    return (f"{shown.to_markdown(index=False)}\n\n{changed} of {len(shared)} verdicts of the rows both tables hold "
+            f"differ; {len(table) - len(shared)} rows are in one table only.\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
