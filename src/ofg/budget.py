@@ -85,11 +85,9 @@ def stage_breakdown(results: str | Path) -> pd.DataFrame:
     root = Layout(results).benchmarks
     rows = []
     for path in sorted(root.glob("*/**/*.tsv")):
-        frame = pd.read_csv(path, sep="\t")
-        last = frame.iloc[-1]
+        last = pd.read_csv(path, sep="\t").apply(pd.to_numeric, errors="coerce").iloc[-1]  # "-" -> NaN
         rows.append({"stage": path.relative_to(root).parts[0], "s": float(last["s"]),
-                     "cpu": float(pd.to_numeric(pd.Series([last.get("cpu_time")]), errors="coerce").iloc[0]),
-                     "max_rss": float(pd.to_numeric(pd.Series([last["max_rss"]]), errors="coerce").iloc[0])})
+                     "cpu": float(last.get("cpu_time", np.nan)), "max_rss": float(last["max_rss"])})
     if not rows:
         raise DataError(f"no Snakemake benchmark files under {root}: run the workflow first")
     table = pd.DataFrame(rows).groupby("stage").agg(jobs=("s", "size"), total_s=("s", "sum"), longest_s=("s", "max"),
