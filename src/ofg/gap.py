@@ -43,14 +43,13 @@ from ofg.config import RunConfig
 from ofg.guidance import poly_lr, refine
 from ofg.inference import as_field, field_metrics, pair_tensors, predict
 from ofg.metrics import endpoint_error
+from ofg.names import GAP_QUANTITIES, GAP_ROLES, gap_column
 from ofg.settings import RefineSettings
 
 #: the methods whose runs measure the gap
 GAP_METHODS = ("unsupervised", "ofg")
-#: per field, what is measured; each becomes ``gap_<quantity>_<role>``
-QUANTITIES = ("dice", "folding", "energy", "epe")
-ROLES = ("prediction", "target")
-GAP_COLUMNS = ("gap_lr", "gap_steps", *(f"gap_{q}_{r}" for q in QUANTITIES for r in ROLES), "gap_seconds")
+#: every column the measurement adds to history.csv (per field and quantity: :func:`ofg.names.gap_column`)
+GAP_COLUMNS = ("gap_lr", "gap_steps", *(gap_column(q, r) for q in GAP_QUANTITIES for r in GAP_ROLES), "gap_seconds")
 
 
 def gap_settings(config: RunConfig, epoch: int) -> RefineSettings:
@@ -83,7 +82,7 @@ def guidance_gap(model: torch.nn.Module, dataset: Any, settings: RefineSettings,
     pairs = dataset.pairs(split)
     count = len(pairs) if max_pairs is None else min(len(pairs), max_pairs)
     labels = [int(label) for label in dataset.labels]
-    values: dict[str, list[float]] = {f"{q}_{r}": [] for q in QUANTITIES for r in ROLES}
+    values: dict[str, list[float]] = {gap_column(q, r): [] for q in GAP_QUANTITIES for r in GAP_ROLES}
     was_training = model.training
     model.eval()
     try:
@@ -96,11 +95,11 @@ def guidance_gap(model: torch.nn.Module, dataset: Any, settings: RefineSettings,
             for role, field, energy in (("prediction", disp, energies[0]), ("target", target, energies[-1])):
                 scores = {**field_scores(field, pair, labels, truth, label_mode, dice_rule), "energy": energy}
                 for quantity, value in scores.items():
-                    values[f"{quantity}_{role}"].append(float(value))
+                    values[gap_column(quantity, role)].append(float(value))
     finally:
         model.train(was_training)
     return {"gap_lr": float(settings.lr), "gap_steps": float(settings.steps),
-            **{f"gap_{name}": _mean(v) for name, v in values.items()}}
+            **{name: _mean(v) for name, v in values.items()}}
 
 
 def epoch_gap(config: RunConfig, model: torch.nn.Module, dataset: Any, epoch: int,

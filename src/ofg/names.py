@@ -27,3 +27,12 @@ DICE_RULES = ("either", "both")
 EMBEDDED: dict[str, str] = {"embedded-brain": "brain", "embedded-ct": "ct"}
 #: the paper's real datasets, read from a user's folder as they are
 REAL: tuple[str, ...] = ("ixi", "oasis", "lpba", "abdomen")
+#: the guidance gap's history columns (:mod:`ofg.gap`): per field, what is measured, and the two fields
+GAP_QUANTITIES = ("dice", "folding", "energy", "epe")
+GAP_ROLES = ("prediction", "target")
+
+
+def gap_column(quantity: str, role: str) -> str:
+    """The history column ``gap_<quantity>_<role>`` of one measured quantity (:data:`GAP_QUANTITIES`) of the
+    network's prediction or its refined target (:data:`GAP_ROLES`)."""
+    return f"gap_{quantity}_{role}"

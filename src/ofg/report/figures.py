@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ofg.io import atomic_path
+from ofg.names import GAP_ROLES, gap_column
 from ofg.report.load import load_history, load_refinement, load_sample, structure_columns
 from ofg.report.render import EMBEDDED_CAVEAT
 from ofg.report.stats import seed_average
@@ -61,7 +62,7 @@ def _gap_curves(plan: Mapping[str, Any], run: Mapping[str, Any], quantity: str) 
     """Per epoch, mean/min/max over seeds of ``gap_<quantity>_{prediction,target}``; None where no seed's
     history has a value (histories from before the measurement, or runs without it). ``attrs["seeds"]``:
     how many seeds have them."""
-    columns = [f"gap_{quantity}_{role}" for role in ("prediction", "target")]
+    columns = [gap_column(quantity, role) for role in GAP_ROLES]
     frames = [h[["epoch", *columns]] for h in (load_history(plan["results"], r) for r in seed_records(plan, run))
               if set(columns) <= set(h.columns) and h[columns].notna().any().all()]
     if not frames:
@@ -106,7 +107,7 @@ def figure_guidance_gap(plan: Mapping[str, Any], dataset: str, model: str, paths
 def _gap_lines(ax: Any, stats: pd.DataFrame, quantity: str, name: str, color: Any) -> None:
     """The prediction (solid) and target (dashed) curves of one run, with min–max bands over several seeds."""
     for role, style in (("prediction", "-"), ("target", "--")):
-        column = stats[f"gap_{quantity}_{role}"]
+        column = stats[gap_column(quantity, role)]
         ax.plot(stats.index, column["mean"], style, color=color, marker="o", ms=2, label=f"{name}: {role}")
         if stats.attrs["seeds"] > 1:
             ax.fill_between(stats.index, column["min"], column["max"], color=color, alpha=0.15)

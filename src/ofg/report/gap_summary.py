@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ofg.io import DataError, atomic_path
+from ofg.names import GAP_ROLES, gap_column
 
 #: the quantities summarised, in the order of the table
 QUANTITIES = ("dice", "energy", "epe")
@@ -48,9 +49,9 @@ def _read(path: Path) -> pd.DataFrame:
         history = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path}: cannot read the training history ({exc})") from exc
-    columns = [f"gap_{q}_{r}" for q in QUANTITIES for r in ("prediction", "target")]
+    columns = [gap_column(q, r) for q in QUANTITIES for r in GAP_ROLES]
     missing = [c for c in ("epoch", "gap_lr", *columns) if c not in history.columns]
-    if missing or history["gap_dice_target"].isna().all():
+    if missing or history[gap_column("dice", "target")].isna().all():
         raise DataError(f"{path}: no guidance-gap columns ({', '.join(missing) or 'all NaN'}); the run was "
                         "trained before the measurement, with training.guidance_gap: false, or is self-training")
     return history[["epoch", "gap_lr", *columns]]
@@ -72,15 +73,14 @@ def _checkpoints(epochs: pd.Index) -> list[int]:
 def summarise_group(name: str, histories: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """The summary rows of one group (see the module docstring): one per checkpoint epoch."""
     means = seed_mean(histories)
-    ahead = means.index[means["gap_dice_target"] > means["gap_dice_prediction"]]
+    ahead = means.index[means[gap_column("dice", "target")] > means[gap_column("dice", "prediction")]]
     rows = []
     for epoch in _checkpoints(means.index):
         row = means.loc[epoch]
         record = {"run": name, "seeds": int(row["seeds"]), "epoch": epoch, "refine lr": row["gap_lr"]}
         for q in QUANTITIES:
-            record[f"{q} prediction"] = row[f"gap_{q}_prediction"]
-            record[f"{q} target"] = row[f"gap_{q}_target"]
-            record[f"{q} gap"] = row[f"gap_{q}_target"] - row[f"gap_{q}_prediction"]
+            prediction, target = (row[gap_column(q, role)] for role in GAP_ROLES)
+            record.update({f"{q} prediction": prediction, f"{q} target": target, f"{q} gap": target - prediction})
         record["dice ahead"] = f"{len(ahead)}/{len(means)}"
         record["last ahead"] = int(ahead.max()) if len(ahead) else None
         rows.append(record)
