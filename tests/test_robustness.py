@@ -78,14 +78,24 @@ def test_each_variant_reverts_its_departure_in_its_own_tree(tmp_path):
 
 
 def test_unmeasured_epochs_refuse_to_plan_and_name_the_probe(tmp_path):
-    config = merged_config(tmp_path)
+    unmeasured = {"robustness": {"variants": {"lr-1e-4": {"epochs": {"embedded-brain": None, "embedded-ct": None}}}}}
     with pytest.raises(ValueError) as error:
-        robustness.settings(config)
+        robustness.settings(merged_config(tmp_path, unmeasured))
     message = str(error.value)
     assert "robustness.variants.lr-1e-4.epochs: not measured yet for embedded-brain, embedded-ct" in message
     assert "ofg-train config/curves/$r-lr1e-4.yaml" in message and "python -m ofg.budget curves" in message
-    off = merged_config(tmp_path, {"robustness": {"variants": {"lr-1e-4": {"enabled": False}}}})
+    off = merged_config(tmp_path, unmeasured, {"robustness": {"variants": {"lr-1e-4": {"enabled": False}}}})
     assert "lr-1e-4" not in by_name(off) and "paper-size" in by_name(off)
+
+
+def test_one_measured_dataset_plans_that_dataset_alone(tmp_path):
+    half = {"robustness": {"variants": {"lr-1e-4": {"epochs": {"embedded-brain": 249, "embedded-ct": None}}}}}
+    with pytest.raises(ValueError, match="not measured yet for embedded-ct[.]"):
+        robustness.settings(merged_config(tmp_path, half))
+    brain = by_name(merged_config(tmp_path, half, {"robustness": {"datasets": ["embedded-brain"]}}))["lr-1e-4"]
+    assert brain.datasets == ["embedded-brain"]
+    assert {(r.dataset, ofg_plan.run_config(brain.config, r)["epochs"]) for r in brain.runs()} == {
+        ("embedded-brain", 249)}
 
 
 def test_a_variant_whose_runs_are_the_default_s_is_reused_not_retrained(tmp_path):
