@@ -57,6 +57,26 @@ def test_a_history_without_gap_columns_is_named(tmp_path):
     assert main([str(old)]) == 1
 
 
+def test_histories_without_the_columns_are_skipped_by_name_when_asked(tmp_path, capsys):
+    """A workflow's runs/<dataset>/<model>/*/seed-*/history.csv includes self-training runs (no gap)."""
+    runs = tmp_path / "runs" / "embedded-brain" / "voxelmorph"
+    ofg = _history(runs / "ofg-k10" / "seed-0" / "history.csv", 9, 0.0, ahead_until=4)
+    teacher = runs / "self_training" / "seed-0" / "history.csv"
+    teacher.parent.mkdir(parents=True)
+    pd.DataFrame({"epoch": [0, 1], "val_dice": [0.5, 0.6], "gap_lr": np.nan, "gap_dice_prediction": np.nan,
+                  "gap_dice_target": np.nan, "gap_energy_prediction": np.nan, "gap_energy_target": np.nan,
+                  "gap_epe_prediction": np.nan, "gap_epe_target": np.nan}).to_csv(teacher, index=False)
+    skipped: list[str] = []
+    table = gap_summary([ofg, teacher], skipped)
+    assert table.run.unique().tolist() == ["embedded-brain voxelmorph ofg-k10"]
+    assert len(skipped) == 1 and "self_training/seed-0/history.csv" in skipped[0] and "all NaN" in skipped[0]
+    with pytest.raises(DataError, match="none of the 1 histories"):
+        gap_summary([teacher], [])
+    assert main([str(ofg), str(teacher)]) == 0
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "self_training" in captured.err and "ofg-k10" in captured.out
+
+
 def test_cli_prints_markdown_and_writes_the_csv(tmp_path, capsys):
     path = _history(tmp_path / "probe" / "history.csv", 9, 0.0, ahead_until=-1)
     assert main([str(path), "--csv", str(tmp_path / "gap.csv")]) == 0

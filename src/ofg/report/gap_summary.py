@@ -87,13 +87,26 @@ def summarise_group(name: str, histories: Sequence[pd.DataFrame]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def gap_summary(paths: Sequence[Path]) -> pd.DataFrame:
-    """The summary table of the histories at ``paths``, grouped by :func:`group_name`, groups sorted."""
+def gap_summary(paths: Sequence[Path], skipped: list[str] | None = None) -> pd.DataFrame:
+    """The summary table of the histories at ``paths``, grouped by :func:`group_name`, groups sorted.
+
+    A history without gap columns (self-training, or trained before the measurement) is a DataError naming
+    it; given a list ``skipped``, it is left out and its error appended there instead, and only a set of
+    paths with no usable history at all is an error."""
     if not paths:
         raise DataError("no history.csv given")
     groups: dict[str, list[pd.DataFrame]] = {}
-    for path in paths:
-        groups.setdefault(group_name(Path(path)), []).append(_read(Path(path)))
+    for path in map(Path, paths):
+        try:
+            history = _read(path)
+        except DataError as exc:
+            if skipped is None:
+                raise
+            skipped.append(str(exc))
+            continue
+        groups.setdefault(group_name(path), []).append(history)
+    if not groups:
+        raise DataError(f"none of the {len(paths)} histories has guidance-gap columns; the first: {skipped[0]}")
     return pd.concat([summarise_group(n, groups[n]) for n in sorted(groups)], ignore_index=True)
 
 
@@ -113,11 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("histories", nargs="+", type=Path, help="history.csv files (seeds of a run are grouped)")
     parser.add_argument("--csv", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
+    skipped: list[str] = []
     try:
-        table = gap_summary(args.histories)
+        table = gap_summary(args.histories, skipped)
     except DataError as exc:
         print(f"gap_summary: error: {exc}", file=sys.stderr)
         return 1
+    for reason in skipped:
+        print(f"gap_summary: skipped {reason}", file=sys.stderr)
     if args.csv:
         with atomic_path(args.csv) as tmp:
             table.to_csv(tmp, index=False)
