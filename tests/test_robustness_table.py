@@ -116,6 +116,9 @@ def test_writes_the_table_with_its_caption_and_each_setting_s_gap_figure(robustn
     for phrase in ("Dice-gain verdict under each setting", "sensitivity analysis, outside the paper-claim families",
                    "p is not adjusted (no Holm)", "Cochran–Cox"):
         assert phrase in text, phrase
+    # its columns are effects and means: the metric tables' column conventions would describe absent columns
+    assert "Labels warped by nearest for Dice." in text
+    assert not any(absent in text for absent in ("Dice one-hot", "HD95", "SDlogJ", "± over pairs"))
     assert "\\begin{tabular}" in tex.read_text()
     for setting in robustness_plan["settings"]:
         assert len(setting["figures"]) == 2

@@ -168,15 +168,19 @@ def _network_text(record: Mapping[str, Any] | None) -> str:
             f"({record.get('cpu_capability', '?')}, {native})")
 
 
-def table_caption(plan: Mapping[str, Any], text: str) -> str:
-    conventions = (f"Split: {plan['split']}.{test_subset_caption(plan)} Labels warped by {plan['label_mode']} "
-                   "for Dice, ± and p; 'Dice nearest' (the OFG reference code's convention) and 'Dice one-hot' "
-                   "(TransMorph's: trilinear one-hot, argmax) give the mean under each. "
-                   f"{dice_rule_caption(plan)} "
-                   "Seeds are averaged per test pair; Dice ± over pairs is the std of per-pair mean Dice, ± over "
-                   "seeds the std of the per-seed means, ± over structures×pairs the std over all (structure, pair) values; "
-                   "%|J|≤0 from np.gradient of identity+displacement; SDlogJ by the Learn2Reg formula; HD95 in "
-                   "voxels.")
+def table_caption(plan: Mapping[str, Any], text: str, metric_columns: bool = True) -> str:
+    """``text``, then the evaluation's conventions (split, label warping, Dice rule), with
+    ``metric_columns`` what the metric tables' columns hold (Dice under both warpings, the ± spreads,
+    folding, SDlogJ, HD95), then the arithmetic of ``plan["runs"]`` and the embedded-data caveat."""
+    conventions = f"Split: {plan['split']}.{test_subset_caption(plan)} Labels warped by {plan['label_mode']} for Dice"
+    conventions += (", ± and p; 'Dice nearest' (the OFG reference code's convention) and 'Dice one-hot' "
+                    "(TransMorph's: trilinear one-hot, argmax) give the mean under each. " if metric_columns else ". ")
+    conventions += dice_rule_caption(plan)
+    if metric_columns:
+        conventions += (" Seeds are averaged per test pair; Dice ± over pairs is the std of per-pair mean Dice, ± "
+                        "over seeds the std of the per-seed means, ± over structures×pairs the std over all "
+                        "(structure, pair) values; %|J|≤0 from np.gradient of identity+displacement; SDlogJ by the "
+                        "Learn2Reg formula; HD95 in voxels.")
     caveat = f" {EMBEDDED_CAVEAT}" if plan.get("embedded") else ""
     arithmetic = arithmetic_caption(load_arithmetic(plan["results"], plan["runs"])) if "runs" in plan else ""
     return f"{text} {conventions}{arithmetic}{caveat}"

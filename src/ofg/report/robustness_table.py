@@ -97,7 +97,7 @@ def robustness_caption(robustness_plan: Mapping[str, Any]) -> str:
         f"borderline verdict can be stricter. Supported: p < {ALPHA} with OFG higher; contradicted: p < {ALPHA} "
         f"with OFG lower; else inconclusive; insufficient data: fewer than {min_units(ALPHA)} independent units. "
         "Settings on the same cohorts share their test pairs; a cohort-seed setting has another synthetic "
-        f"population (other subjects, the same design).{arithmetic}"))
+        f"population (other subjects, the same design).{arithmetic}"), metric_columns=False)
 
 
 def write_robustness(robustness_plan: Mapping[str, Any], progress: bool = False) -> pd.DataFrame:
