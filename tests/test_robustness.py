@@ -211,8 +211,10 @@ def test_the_default_s_jobs_in_the_robustness_plan_are_the_default_run_s(tmp_pat
 
 
 def test_dry_run_refuses_unmeasured_epochs_and_an_unconfigured_target(tmp_path):
+    unmeasured = tmp_path / "unmeasured.yaml"
+    unmeasured.write_text("robustness: {variants: {lr-1e-4: {epochs: {embedded-brain: null, embedded-ct: null}}}}\n")
     result = snakemake("robustness", "-n", "--cores", "4", "--configfile", str(REPO / "config" / "config.yaml"),
-                       str(OVERLAY), "--config", f"results={tmp_path}")
+                       str(OVERLAY), str(unmeasured), "--config", f"results={tmp_path}")
     text = result.stdout + result.stderr
     assert result.returncode != 0 and "Invalid robustness config: config robustness.variants.lr-1e-4.epochs" in text
     assert "ofg-train config/curves/$r-lr1e-4.yaml" in text
