@@ -30,6 +30,8 @@ REAL: tuple[str, ...] = ("ixi", "oasis", "lpba", "abdomen")
 #: the guidance gap's history columns (:mod:`ofg.gap`): per field, what is measured, and the two fields
 GAP_QUANTITIES = ("dice", "folding", "energy", "epe")
 GAP_ROLES = ("prediction", "target")
+#: the figure kind that draws them (prediction vs target through training), in the report and each robustness setting
+GAP_FIGURE = "guidance_gap"
 
 
 def gap_column(quantity: str, role: str) -> str:

@@ -32,14 +32,13 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ofg import plan, stages
-from ofg.names import EMBEDDED
+from ofg.names import EMBEDDED, GAP_FIGURE
 from ofg.plan import Run
 
 #: the setting of the default's own runs (a variant may not take this name)
 BASELINE = "baseline"
-#: the table's name (:meth:`ofg.layout.Layout.table`) and the figure kind of each setting's tree
+#: the table's name (:meth:`ofg.layout.Layout.table`); each setting's tree holds its :data:`ofg.names.GAP_FIGURE`
 TABLE = "robustness"
-FIGURE = "guidance_gap"
 #: top-level keys a variant's ``changes`` may not touch: where results go, and the experiment itself
 FIXED_KEYS = ("results", "cohorts", "robustness")
 
@@ -185,7 +184,7 @@ def report_plan(config: Mapping[str, Any]) -> dict[str, Any]:
     rows = []
     for setting in settings(config):
         figures = [{"dataset": d, "model": setting.model,
-                    "paths": [str(p) for p in layout.robustness(setting.name).figure(FIGURE, d, setting.model)]}
+                    "paths": [str(p) for p in layout.robustness(setting.name).figure(GAP_FIGURE, d, setting.model)]}
                    for d in setting.datasets]
         rows.append({"name": setting.name, "reverts": setting.reverts, "reused": setting.reused,
                      "model": setting.model, "plan": stages.report_plan(setting.config), "figures": figures,

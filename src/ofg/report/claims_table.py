@@ -57,19 +57,30 @@ def _keys(frame: pd.DataFrame) -> list[str]:
     return [k for k in pair_key_columns(frame) if k != "seed"]
 
 
-def _compare(plan: Mapping[str, Any], claim: Claim, dataset: str, model: str, ofg_runs: Sequence[Mapping[str, Any]],
-             other_runs: Sequence[Mapping[str, Any]], note: str = "") -> dict[str, Any]:
-    ofg, comparator = _metrics(plan, ofg_runs), _metrics(plan, other_runs)
+def compare_frames(claim: Claim, dataset: str, model: str, ofg: pd.DataFrame, comparator: pd.DataFrame,
+                   note: str = "") -> dict[str, Any]:
+    """The row of ``claim`` from the per-pair metrics (with ``seed``) of the OFG runs and of the comparator's."""
     row = claim_rows.compare(claim, ofg, comparator, keys=_keys(ofg) if len(ofg) else None, dataset=dataset,
                              model=model)
     return {**row, "note": "; ".join(p for p in (note, row["note"]) if p)}
 
 
+def _compare(plan: Mapping[str, Any], claim: Claim, dataset: str, model: str, ofg_runs: Sequence[Mapping[str, Any]],
+             other_runs: Sequence[Mapping[str, Any]], note: str = "") -> dict[str, Any]:
+    return compare_frames(claim, dataset, model, _metrics(plan, ofg_runs), _metrics(plan, other_runs), note)
+
+
+def main_frames(plan: Mapping[str, Any], claim: Claim, dataset: str,
+                model: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-pair metrics (with ``seed``) of every seed of the main OFG run and of ``claim``'s comparator."""
+    ofg_runs = _runs(plan, dataset, model, "ofg", plan["main_steps"])
+    return _metrics(plan, ofg_runs), _metrics(plan, _runs(plan, dataset, model, claim.comparator))
+
+
 def main_row(plan: Mapping[str, Any], claim: Claim, dataset: str, model: str) -> dict[str, Any]:
     """The row of a "main" or "self_training" ``claim`` on (dataset, model): every seed of the main OFG run
     against every seed of the comparator, before Holm (:func:`ofg.claims.finalize` gives a family's verdict)."""
-    ofg_runs = _runs(plan, dataset, model, "ofg", plan["main_steps"])
-    return _compare(plan, claim, dataset, model, ofg_runs, _runs(plan, dataset, model, claim.comparator))
+    return compare_frames(claim, dataset, model, *main_frames(plan, claim, dataset, model))
 
 
 def _ablation_row(plan: Mapping[str, Any], claim: Claim, dataset: str, model: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import matplotlib
 from tqdm.auto import tqdm
 
+from ofg.names import GAP_FIGURE
 from ofg.report import figures, tables
 from ofg.report.claims_table import write_claims
 from ofg.report.load import load_metrics
@@ -57,7 +58,7 @@ def make_report(plan: Mapping[str, Any], progress: bool = True) -> list[Path]:
 def _draw(plan: Mapping[str, Any], record: Output, metrics: Any, ablation: Any) -> None:
     if record.kind == "training_curves":
         figures.figure_training_curves(plan, record.dataset, record.model, record.paths)
-    elif record.kind == "guidance_gap":
+    elif record.kind == GAP_FIGURE:
         figures.figure_guidance_gap(plan, record.dataset, record.model, record.paths)
     elif record.kind == "ablation":
         figures.figure_ablation(plan, ablation, record.dataset, record.model, record.paths)

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ofg.layout import Layout
+from ofg.names import GAP_FIGURE
 
 #: the claims table first: it is what the report is for
 TABLES = ("claims", "main_results", "training_cost", "self_training", "step_ablation", "published")
-FIGURES = ("training_curves", "guidance_gap", "ablation", "refinement", "structure_dice", "qualitative")
+FIGURES = ("training_curves", GAP_FIGURE, "ablation", "refinement", "structure_dice", "qualitative")
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ def outputs(plan: Mapping[str, Any]) -> list[Output]:
     layout = Layout(plan["results"])
     records = [Output("table", name, None, None, tuple(layout.table(name))) for name in TABLES]
     figure_parts = [("training_curves", d, m) for d, m in plan["main"]]
-    figure_parts += [("guidance_gap", d, m) for d, m in plan["main"]]
+    figure_parts += [(GAP_FIGURE, d, m) for d, m in plan["main"]]
     figure_parts += [("ablation", d, m) for d, m in plan["ablation"]["pairs"]]
     figure_parts += [("refinement", d, None) for d in plan["refinement"]]
     figure_parts += [("structure_dice", d, None) for d in dict.fromkeys(d for d, _ in plan["main"])]

@@ -19,9 +19,9 @@ import pandas as pd
 
 from ofg.claims import ALPHA, CLAIM_BY_NAME, directional_verdict
 from ofg.inference_stats import min_units
-from ofg.report.claims_table import display_claims, main_row
+from ofg.report.claims_table import compare_frames, display_claims, main_frames
 from ofg.report.figures import figure_guidance_gap
-from ofg.report.load import load_arithmetic, load_metrics
+from ofg.report.load import load_arithmetic
 from ofg.report.render import arithmetic_caption, table_caption, write_table
 
 CLAIM = CLAIM_BY_NAME["dice_gain"]
@@ -29,23 +29,22 @@ COLUMNS = ["setting", "reverts", "dataset", "model", "training", "Dice unsup.", 
            "per seed", "p", "n", "verdict", "note"]
 
 
-def _mean_dice(plan: Mapping[str, Any], dataset: str, run_id: str) -> float:
-    """Mean test Dice of every seed of run ``run_id`` on ``dataset`` (over seeds and pairs)."""
-    runs = [r for r in plan["runs"] if r["dataset"] == dataset and r["run"] == run_id]
-    return float(load_metrics(plan["results"], runs)["dice_mean"].mean()) if runs else math.nan
+def _mean_dice(metrics: pd.DataFrame) -> float:
+    """Mean test Dice of per-pair ``metrics`` (over seeds and pairs); NaN without any."""
+    return float(metrics["dice_mean"].mean()) if len(metrics) else math.nan
 
 
 def setting_rows(setting: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The Dice rows of one setting of :func:`ofg.robustness.report_plan`, one per dataset, unadjusted."""
     plan, rows = setting["plan"], []
     for dataset, model in plan["main"]:
-        row = main_row(plan, CLAIM, dataset, model)
+        ofg, unsupervised = main_frames(plan, CLAIM, dataset, model)
+        row = compare_frames(CLAIM, dataset, model, ofg, unsupervised)
         if row["verdict"] is None:  # a row with data: its verdict from the unadjusted p
             row["verdict"] = str(directional_verdict(row["p"], row["effect"], CLAIM.null, CLAIM.direction))
         rows.append({"setting": setting["name"], "reverts": setting["reverts"], "reused": setting["reused"],
                      **{f"training_{k}": v for k, v in setting["training"][dataset].items()},
-                     "dice_unsupervised": _mean_dice(plan, dataset, "unsupervised"),
-                     "dice_ofg": _mean_dice(plan, dataset, plan["main_run"]), **row})
+                     "dice_unsupervised": _mean_dice(unsupervised), "dice_ofg": _mean_dice(ofg), **row})
     return rows
 
 
