@@ -259,7 +259,7 @@ def test_gap_figure_draws_mean_over_seeds_of_both_runs(tmp_path, monkeypatch, ep
     dice = {line.get_label(): line.get_ydata() for line in axes[0].lines}
     assert len(dice) == 4  # two runs x (prediction, target)
     np.testing.assert_allclose(dice["OFG (ofg-k2): prediction"], 0.5 + 0.05 + 0.05 + 0.01 * np.arange(3))
-    np.testing.assert_allclose(dice["unsupervised (unsupervised): target"], [0.65] * 3)
+    np.testing.assert_allclose(dice["unsupervised: target"], [0.65] * 3)
     assert len(axes[0].collections) == 4  # a min-max band per curve (two seeds)
     assert "no guidance-gap columns" not in fig.get_suptitle()
 

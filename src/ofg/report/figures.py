@@ -87,8 +87,7 @@ def figure_guidance_gap(plan: Mapping[str, Any], dataset: str, model: str, paths
         for j, run in enumerate(runs):
             stats = curves[quantity][run["run"]]
             if stats is not None:
-                _gap_lines(ax, stats, quantity, f"{METHOD_LABELS[run['method']]} ({run['run']})",
-                           plt.get_cmap("tab10")(j))
+                _gap_lines(ax, stats, quantity, _run_label(run), plt.get_cmap("tab10")(j))
         ax.set(xlabel="epoch", ylabel=label)
     title = (f"Guidance gap: {model} on {dataset}, prediction (solid) vs its k={plan.get('main_steps')} refined "
              "target (dashed); mean over seeds, band min–max where several" + (f"\n{note}" if note else ""))
@@ -102,6 +101,12 @@ def figure_guidance_gap(plan: Mapping[str, Any], dataset: str, model: str, paths
         axes[0][0].set_axis_off()
     fig.suptitle(title, fontsize=8)
     _save(fig, paths, _caveat(dataset))
+
+
+def _run_label(run: Mapping[str, Any]) -> str:
+    """The method's label, with the run id where it says more (``OFG (ofg-k10)``, ``unsupervised``)."""
+    label = METHOD_LABELS[run["method"]]
+    return label if run["run"] == label else f"{label} ({run['run']})"
 
 
 def _gap_lines(ax: Any, stats: pd.DataFrame, quantity: str, name: str, color: Any) -> None:
