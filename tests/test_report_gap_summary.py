@@ -44,8 +44,19 @@ def test_summary_means_over_seeds_at_the_five_checkpoints(tmp_path):
     np.testing.assert_allclose(ofg["epe gap"], -0.5, atol=1e-12)
     np.testing.assert_allclose(ofg["energy gap"], -0.1, atol=1e-12)
     assert (ofg["dice ahead"] == "21/41").all() and (ofg["last ahead"] == 20).all()
+    assert (ofg["seed-epochs ahead"] == "63/123").all()
     unsup = table[table.run == "embedded-brain voxelmorph unsupervised"]
     assert (unsup["dice ahead"] == "41/41").all() and (unsup.seeds == 1).all()
+
+
+def test_a_seed_that_trails_shows_in_the_seed_epochs_not_in_the_mean(tmp_path):
+    runs = tmp_path / "runs" / "embedded-ct" / "voxelmorph" / "ofg-k10"
+    # two seeds lead by 0.05 in all 9 epochs, one trails by 0.02 in all: the seed mean leads by 0.027
+    paths = [_history(runs / f"seed-{s}" / "history.csv", 9, 0.0, ahead_until=until)
+             for s, until in enumerate((8, 8, -1))]
+    table = gap_summary(paths)
+    np.testing.assert_allclose(table["dice gap"], 0.08 / 3, atol=1e-12)
+    assert (table["dice ahead"] == "9/9").all() and (table["seed-epochs ahead"] == "18/27").all()
 
 
 def test_a_history_without_gap_columns_is_named(tmp_path):

@@ -10,7 +10,9 @@ this module summarises them for a README or a note, by a rule fixed here rather 
   quantity is the mean over the group's seeds, and the gap is target − prediction (Dice: positive =
   the target is ahead; energy and EPE: negative = the target is ahead);
 - ``dice ahead`` counts the epochs whose seed-mean target Dice exceeds the seed-mean prediction Dice,
-  and ``last ahead`` is the last such epoch (None if never).
+  and ``last ahead`` is the last such epoch (None if never);
+- ``seed-epochs ahead`` counts the (seed, epoch) rows whose own target Dice exceeds their own prediction
+  Dice: "every epoch of every seed" is this count at its maximum, which a seed mean cannot show.
 
 ``python -m ofg.report.gap_summary HISTORY.csv ... [--csv OUT]`` prints the table as Markdown.
 """
@@ -74,6 +76,8 @@ def summarise_group(name: str, histories: Sequence[pd.DataFrame]) -> pd.DataFram
     """The summary rows of one group (see the module docstring): one per checkpoint epoch."""
     means = seed_mean(histories)
     ahead = means.index[means[gap_column("dice", "target")] > means[gap_column("dice", "prediction")]]
+    stacked = pd.concat(histories)
+    each_ahead = int((stacked[gap_column("dice", "target")] > stacked[gap_column("dice", "prediction")]).sum())
     rows = []
     for epoch in _checkpoints(means.index):
         row = means.loc[epoch]
@@ -83,6 +87,7 @@ def summarise_group(name: str, histories: Sequence[pd.DataFrame]) -> pd.DataFram
             record.update({f"{q} prediction": prediction, f"{q} target": target, f"{q} gap": target - prediction})
         record["dice ahead"] = f"{len(ahead)}/{len(means)}"
         record["last ahead"] = int(ahead.max()) if len(ahead) else None
+        record["seed-epochs ahead"] = f"{each_ahead}/{len(stacked)}"
         rows.append(record)
     return pd.DataFrame(rows)
 
