@@ -72,12 +72,17 @@ def _checkpoints(epochs: pd.Index) -> list[int]:
     return sorted({int(epochs[epochs <= int(f * last)].max()) for f in FRACTIONS})
 
 
+def _target_ahead(frame: pd.DataFrame) -> pd.Series:
+    """Per row (an epoch, or a seed's epoch), whether the target's Dice exceeds the prediction's."""
+    return frame[gap_column("dice", "target")] > frame[gap_column("dice", "prediction")]
+
+
 def summarise_group(name: str, histories: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """The summary rows of one group (see the module docstring): one per checkpoint epoch."""
     means = seed_mean(histories)
-    ahead = means.index[means[gap_column("dice", "target")] > means[gap_column("dice", "prediction")]]
+    ahead = means.index[_target_ahead(means)]
     stacked = pd.concat(histories)
-    each_ahead = int((stacked[gap_column("dice", "target")] > stacked[gap_column("dice", "prediction")]).sum())
+    each_ahead = int(_target_ahead(stacked).sum())
     rows = []
     for epoch in _checkpoints(means.index):
         row = means.loc[epoch]
